@@ -1,0 +1,58 @@
+"""trainbus: a typed event-bus microkernel for PyTorch training loops.
+
+The :class:`Learner` loop owns the tensor math and publishes :class:`Event` s on an
+:class:`EventBus`; everything else is a :class:`Callback`. Callbacks are ordered by
+their declared dependencies, and cancel stages with typed signals.
+"""
+
+from ._bus import EventBus, Handler
+from ._callback import Callback
+from ._data import BatchSource, DataLoaders, TensorBatches
+from ._events import Event, Stage
+from ._hooks import HookError, Subscriber
+from ._learner import Learner, Metric
+from ._ordering import CallbackOrderError
+from ._signals import (
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidException,
+    SignalUsageError,
+)
+from ._state import Extras, StateKey, TrainingState, UnsetFieldError
+
+event = Event
+"""Alias of :class:`Event`, so that ``event.<Tab>`` lists the events."""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchSource",
+    "Callback",
+    "CallbackOrderError",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelException",
+    "CancelFitException",
+    "CancelTrainException",
+    "CancelValidException",
+    "DataLoaders",
+    "Event",
+    "EventBus",
+    "Extras",
+    "Handler",
+    "HookError",
+    "Learner",
+    "Metric",
+    "SignalUsageError",
+    "Stage",
+    "StateKey",
+    "Subscriber",
+    "TensorBatches",
+    "TrainingState",
+    "UnsetFieldError",
+    "__version__",
+    "event",
+]

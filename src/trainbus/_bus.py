@@ -1,0 +1,299 @@
+"""The event bus: ordered dispatch, stages, and the conversion of signals into skips.
+
+The bus knows nothing about tensors or the Learner: any loop can drive it by handing
+:meth:`EventBus.run` the body of each stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final, final
+
+import attrs
+
+from ._events import Event, Stage
+from ._hooks import Subscriber, hooks_of
+from ._ordering import dependency_order
+from ._signals import CancelException, SignalUsageError
+
+__all__ = ["EventBus", "Handler"]
+
+Handler = Callable[[], object]
+"""What the bus calls for an event: a bound hook, or a plain function of no arguments."""
+
+_NOTE_PREFIX: Final = "trainbus: raised in "
+
+
+@attrs.frozen(eq=False)
+class _Entry:
+    """One registered node of the dependency graph: a subscriber, or a plain function."""
+
+    seq: int
+    subscriber: Subscriber | None = None
+    function: Handler | None = None
+    event: Event | None = None
+    order: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.subscriber is not None:
+            return type(self.subscriber).__qualname__
+        return _function_label(self.function)
+
+    def handler(self, event: Event) -> Handler | None:
+        if self.subscriber is not None:
+            if event in hooks_of(type(self.subscriber)):
+                hook: Handler = getattr(self.subscriber, event.value)
+                return hook
+            return None
+        return self.function if event is self.event else None
+
+
+def _function_label(function: object) -> str:
+    inner = getattr(function, "func", function)  # functools.partial wraps Learner.subscribe's
+    return getattr(inner, "__qualname__", repr(inner))
+
+
+def _classes(spec: type[Subscriber] | Iterable[type[Subscriber]]) -> tuple[type[Subscriber], ...]:
+    return (spec,) if isinstance(spec, type) else tuple(spec)
+
+
+def _must_precede(a: _Entry, b: _Entry) -> bool:
+    if a.subscriber is None or b.subscriber is None:
+        return False
+    return isinstance(b.subscriber, _classes(a.subscriber.run_before)) or isinstance(
+        a.subscriber, _classes(b.subscriber.run_after)
+    )
+
+
+@final
+class EventBus:
+    """Holds subscribers in dependency order and dispatches events to them.
+
+    Dispatch tables (event -> handlers, in order) are computed when subscribers change,
+    never during dispatch. A subscriber's ``run_before``/``run_after``/``order`` decide
+    its place (see :mod:`trainbus._ordering` for the rule).
+
+    Example:
+        >>> bus = EventBus()
+        >>> bus.subscribe(Event.begin_fit, lambda: print("fit starts"))
+        >>> bus.run(Stage.fit, lambda: None)
+        fit starts
+    """
+
+    __slots__ = ("_entries", "_next_seq", "_ordered", "_stack", "_table")
+
+    def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
+        self._entries: list[_Entry] = []
+        self._ordered: tuple[_Entry, ...] = ()
+        self._table: dict[Event, tuple[Handler, ...]] = {event: () for event in Event}
+        # Stages whose body is running, outermost first: a signal is legal only for these.
+        self._stack: list[Stage] = []
+        self._next_seq = 0
+        for subscriber in subscribers:
+            self.add(subscriber)
+
+    # ----------------------------------------------------------------- registration
+
+    def add(self, subscriber: Subscriber) -> None:
+        """Register ``subscriber`` for the hooks it overrides.
+
+        Raises:
+            HookError: A method name is a near miss of an event, or a hook needs arguments.
+            CallbackOrderError: Its ordering constraints close a cycle (nothing is added).
+            ValueError: It is registered already.
+        """
+        if not isinstance(subscriber, Subscriber):
+            raise TypeError(
+                f"EventBus.add expects a Subscriber (e.g. a trainbus.Callback), got "
+                f"{type(subscriber).__qualname__}; use subscribe() for a plain function"
+            )
+        if any(entry.subscriber is subscriber for entry in self._entries):
+            raise ValueError(f"{type(subscriber).__qualname__} instance is registered already")
+        hooks_of(type(subscriber))  # validates hook names before anything changes
+        self._insert(_Entry(self._take_seq(), subscriber=subscriber, order=subscriber.order))
+
+    def remove(self, subscriber: Subscriber) -> None:
+        """Unregister ``subscriber``.
+
+        Raises:
+            ValueError: It is not registered.
+        """
+        kept = [entry for entry in self._entries if entry.subscriber is not subscriber]
+        if len(kept) == len(self._entries):
+            raise ValueError(f"{type(subscriber).__qualname__} instance is not registered")
+        self._rebuild(kept)
+
+    def subscribe(self, event: Event, function: Handler, *, order: int = 0) -> None:
+        """Call ``function()`` at every ``event``, placed among subscribers by ``order``.
+
+        Raises:
+            ValueError: ``event`` is not an :class:`Event`, or ``function`` is registered
+                for it already.
+        """
+        event = _as_event(event)
+        if not callable(function):
+            raise TypeError(f"subscribe expects a callable, got {type(function).__qualname__}")
+        if any(e.function is function and e.event is event for e in self._entries):
+            raise ValueError(f"{_function_label(function)} is subscribed to {event} already")
+        self._insert(_Entry(self._take_seq(), function=function, event=event, order=order))
+
+    def unsubscribe(self, event: Event, function: Handler) -> None:
+        """Stop calling ``function`` at ``event``.
+
+        Raises:
+            ValueError: It was not subscribed to ``event``.
+        """
+        event = _as_event(event)
+        kept = [e for e in self._entries if not (e.function is function and e.event is event)]
+        if len(kept) == len(self._entries):
+            raise ValueError(f"{_function_label(function)} is not subscribed to {event}")
+        self._rebuild(kept)
+
+    @property
+    def subscribers(self) -> tuple[Subscriber, ...]:
+        """The registered subscribers, in resolved order."""
+        return tuple(e.subscriber for e in self._ordered if e.subscriber is not None)
+
+    def handlers(self, event: Event) -> tuple[Handler, ...]:
+        """What ``event`` calls, in order."""
+        return self._table[_as_event(event)]
+
+    def describe(self) -> str:
+        """Event by event, the subscribers that run, in order (events nobody hears omitted)."""
+        lines: list[str] = []
+        for event in Event:
+            names = [e.label for e in self._ordered if e.handler(event) is not None]
+            if names:
+                lines.append(f"{event.value}:")
+                lines.extend(f"    {name}" for name in names)
+        return "\n".join(lines)
+
+    def _take_seq(self) -> int:
+        self._next_seq += 1
+        return self._next_seq
+
+    def _insert(self, entry: _Entry) -> None:
+        self._rebuild([*self._entries, entry])
+
+    def _rebuild(self, entries: list[_Entry]) -> None:
+        # Sort first: a cycle raises here and leaves the bus unchanged.
+        ordered = dependency_order(
+            entries,
+            must_precede=_must_precede,
+            tie_break=lambda entry: entry.order,
+            describe=lambda entry: entry.label,
+        )
+        table: dict[Event, tuple[Handler, ...]] = {}
+        for event in Event:
+            handlers = (entry.handler(event) for entry in ordered)
+            table[event] = tuple(h for h in handlers if h is not None)
+        self._entries, self._ordered, self._table = entries, tuple(ordered), table
+
+    # ------------------------------------------------------------------- dispatch
+
+    def emit(self, event: Event) -> None:
+        """Call every handler of ``event`` in order.
+
+        A signal stops the dispatch at once and propagates to the stage it cancels; a
+        signal for a stage that is not running becomes a :class:`SignalUsageError`. Any
+        other exception propagates unchanged, with a note naming the handler and event.
+        """
+        # Hot path: one dict lookup, then the calls. The try costs nothing until a raise.
+        for handler in self._table[event]:
+            try:
+                handler()
+            except CancelException as signal:
+                if signal.stage not in self._stack:
+                    raise _misplaced(signal, event, handler) from signal
+                raise
+            except BaseException as error:
+                _annotate(error, handler, event)
+                raise
+
+    def run(self, stage: Stage, body: Callable[[], object]) -> None:
+        """Run ``stage``: ``begin`` event, ``body()``, then the ``after`` event(s).
+
+        ``CancelXException`` for this stage, raised in the ``begin`` event or anywhere in
+        the body, skips the rest of both and publishes ``after_cancel`` then ``after``.
+        Signals for outer stages pass through without this stage's ``after`` event.
+        When an ordinary exception leaves the outermost stage, every subscriber's
+        ``on_exception`` runs before it propagates.
+        """
+        if self._stack:
+            self._run(stage, body)
+            return
+        try:
+            self._run(stage, body)
+        except CancelException as signal:  # reached the top uncaught: raised out of place
+            self._stack.clear()
+            error = SignalUsageError(
+                f"{type(signal).__name__} was raised where no {signal.stage.name} stage is "
+                f"running (outermost stage: {stage.name})"
+            )
+            self._release(error)
+            raise error from signal
+        except BaseException as error:
+            self._stack.clear()
+            self._release(error)
+            raise
+
+    def _run(self, stage: Stage, body: Callable[[], object]) -> None:
+        stack, emit = self._stack, self.emit
+        stack.append(stage)
+        try:
+            emit(stage.begin)
+            body()
+        except CancelException as signal:
+            stack.pop()
+            if signal.stage is not stage:
+                raise
+            emit(stage.after_cancel)
+        except BaseException:
+            stack.pop()
+            raise
+        else:
+            stack.pop()
+        emit(stage.after)
+
+    def _release(self, error: BaseException) -> None:
+        for entry in self._ordered:
+            subscriber = entry.subscriber
+            if subscriber is None or type(subscriber).on_exception is Subscriber.on_exception:
+                continue
+            try:
+                subscriber.on_exception(error)
+            except Exception as cleanup_error:  # keep the original error; record this one
+                error.add_note(
+                    f"trainbus: {entry.label}.on_exception failed while releasing: "
+                    f"{type(cleanup_error).__name__}: {cleanup_error}"
+                )
+
+
+def _as_event(event: Event) -> Event:
+    try:
+        return Event(event)
+    except ValueError:
+        raise ValueError(f"{event!r} is not a trainbus Event") from None
+
+
+def _handler_label(handler: Handler) -> str:
+    owner = getattr(handler, "__self__", None)
+    if isinstance(owner, Subscriber):
+        return f"callback {type(owner).__qualname__}"
+    return f"subscriber {_function_label(handler)}"
+
+
+def _annotate(error: BaseException, handler: Handler, event: Event) -> None:
+    notes: list[str] = getattr(error, "__notes__", [])
+    if not any(note.startswith(_NOTE_PREFIX) for note in notes):
+        error.add_note(f"{_NOTE_PREFIX}{_handler_label(handler)} during event {event.value}")
+
+
+def _misplaced(signal: CancelException, event: Event, handler: Handler) -> SignalUsageError:
+    stage = signal.stage
+    return SignalUsageError(
+        f"{type(signal).__name__} raised by {_handler_label(handler)} in {event.value}, "
+        f"where no {stage.name} stage can be cancelled (it has ended or not begun): raise it "
+        f"between {stage.begin.value} and the end of the {stage.name} body instead"
+    )

@@ -1,0 +1,185 @@
+"""The subscriber base class: one no-op hook per event, plus ordering declarations.
+
+A subclass subscribes to exactly the hooks it overrides, so an event nobody listens to
+costs nothing. Hook names are checked when a subscriber is registered: a method whose
+name is a near miss of an event (``after_los``, ``before_batch``) would otherwise never
+run, so it is rejected with a "did you mean" message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+import weakref
+from collections.abc import Collection
+from typing import ClassVar, Final
+
+from ._events import Event
+
+__all__ = ["HookError", "Subscriber", "hooks_of", "subscriber_name"]
+
+EVENT_NAMES: Final = frozenset(event.value for event in Event)
+
+# Subscriber classes already checked, with the events they override.
+_HOOKS_BY_CLASS: Final[weakref.WeakKeyDictionary[type[Subscriber], tuple[Event, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class HookError(TypeError):
+    """A subscriber class declares a hook the bus cannot use (misspelled, wrong signature)."""
+
+
+class Subscriber:
+    """Base of everything an :class:`~trainbus.EventBus` dispatches to.
+
+    Override the hooks you need; each takes no argument besides ``self`` and returns
+    ``None``. Declare ordering with class variables:
+
+    Attributes:
+        run_before: Subscriber classes (one, or a collection) this one must precede.
+        run_after: Subscriber classes (one, or a collection) this one must follow.
+        order: Tie-break among subscribers free to run: smaller runs first (default 0).
+    """
+
+    run_before: ClassVar[type[Subscriber] | Collection[type[Subscriber]]] = ()
+    run_after: ClassVar[type[Subscriber] | Collection[type[Subscriber]]] = ()
+    order: ClassVar[int] = 0
+
+    @property
+    def name(self) -> str:
+        """Snake-case class name without a ``Callback`` suffix: ``Recorder`` -> ``recorder``."""
+        return subscriber_name(type(self))
+
+    def begin_fit(self) -> None:
+        """Set-up before the first epoch."""
+
+    def begin_epoch(self) -> None:
+        """Per-epoch resets."""
+
+    def begin_train(self) -> None:
+        """Set-up of the training phase (``model.train()``)."""
+
+    def begin_batch(self) -> None:
+        """Before the forward pass: change the batch, schedule hyper-parameters."""
+
+    def after_pred(self) -> None:
+        """After the forward pass: change the prediction before the loss."""
+
+    def after_loss(self) -> None:
+        """After the loss: add penalties before the backward pass."""
+
+    def after_backward(self) -> None:
+        """After the backward pass: change gradients before the step (clipping)."""
+
+    def after_step(self) -> None:
+        """After the optimizer step, before ``zero_grad``."""
+
+    def after_batch(self) -> None:
+        """End of a batch, cancelled or not."""
+
+    def after_train(self) -> None:
+        """End of the training phase, cancelled or not."""
+
+    def begin_validate(self) -> None:
+        """Set-up of the validation phase (``model.eval()``); runs under ``no_grad``."""
+
+    def after_validate(self) -> None:
+        """End of the validation phase, cancelled or not."""
+
+    def after_epoch(self) -> None:
+        """End of an epoch, cancelled or not."""
+
+    def after_fit(self) -> None:
+        """End of the fit, cancelled or not."""
+
+    def after_cancel_batch(self) -> None:
+        """A ``CancelBatchException`` ended the batch; ``after_batch`` follows."""
+
+    def after_cancel_train(self) -> None:
+        """A ``CancelTrainException`` ended the training phase; ``after_train`` follows."""
+
+    def after_cancel_valid(self) -> None:
+        """A ``CancelValidException`` ended validation; ``after_validate`` follows."""
+
+    def after_cancel_epoch(self) -> None:
+        """A ``CancelEpochException`` ended the epoch; ``after_epoch`` follows."""
+
+    def after_cancel_fit(self) -> None:
+        """A ``CancelFitException`` ended the fit; ``after_fit`` follows."""
+
+    def on_exception(self, error: BaseException) -> None:
+        """Release what this subscriber holds: a run is ending with ``error``.
+
+        Called once, in subscriber order, when an ordinary exception (not a signal)
+        leaves the outermost stage, before it reaches the caller. ``after_*`` events do
+        not run in that case, so close files, bars and the like here.
+        """
+
+
+def subscriber_name(cls: type[object]) -> str:
+    """``TerminateOnNaNCallback`` -> ``terminate_on_nan``; ``Recorder`` -> ``recorder``."""
+    base = cls.__name__.removesuffix("Callback") or cls.__name__
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", base).lower()
+
+
+def hooks_of(cls: type[Subscriber]) -> tuple[Event, ...]:
+    """The events whose hooks ``cls`` overrides, after checking its hook names.
+
+    Raises:
+        HookError: A method name is a near miss of an event name, or a hook cannot be
+            called without arguments.
+    """
+    cached = _HOOKS_BY_CLASS.get(cls)
+    if cached is not None:
+        return cached
+    _reject_near_misses(cls)
+    base = Subscriber
+    hooks = tuple(e for e in Event if getattr(cls, e.value) is not getattr(base, e.value))
+    for event in hooks:
+        _check_signature(cls, event.value)
+    _HOOKS_BY_CLASS[cls] = hooks
+    return hooks
+
+
+def _suggestion(name: str) -> str | None:
+    if name.startswith("before_") and "begin_" + name.removeprefix("before_") in EVENT_NAMES:
+        return "begin_" + name.removeprefix("before_")
+    close = difflib.get_close_matches(name, EVENT_NAMES, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _reject_near_misses(cls: type[Subscriber]) -> None:
+    for klass in cls.__mro__:
+        if klass is Subscriber or not issubclass(klass, Subscriber):
+            continue
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in EVENT_NAMES or not callable(value):
+                continue
+            suggestion = _suggestion(name)
+            if suggestion is not None:
+                raise HookError(
+                    f"{cls.__qualname__}.{name} is not an event, so it would never run: "
+                    f"did you mean {suggestion}? (Prefix a helper that is not a hook with '_'.)"
+                )
+
+
+def _check_signature(cls: type[Subscriber], name: str) -> None:
+    hook = getattr(cls, name)
+    if not callable(hook):
+        raise HookError(f"{cls.__qualname__}.{name} must be a method, not {type(hook).__name__}")
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # builtins without signature metadata: trust them
+        return
+    required = [
+        p
+        for p in list(signature.parameters.values())[1:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise HookError(
+            f"hook {cls.__qualname__}.{name} must take no arguments besides self, "
+            f"but requires {', '.join(p.name for p in required)}"
+        )

@@ -1,0 +1,232 @@
+"""The state of a run: a pydantic model that validates every write from a callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, final
+
+import pydantic
+import torch
+from torch import nn
+
+from ._data import BatchSource, DataLoaders
+
+if TYPE_CHECKING:
+    from ._callback import Callback
+
+__all__ = [
+    "BATCH_FIELDS",
+    "LOOP_OWNED_FIELDS",
+    "STATE_FIELDS",
+    "Extras",
+    "FieldName",
+    "StateKey",
+    "TrainingState",
+    "UnsetFieldError",
+]
+
+T = TypeVar("T")
+
+FieldName = Literal[
+    "model", "dls", "loss_func", "opt", "opt_func", "cbs", "dl", "xb", "yb", "pred", "loss",
+    "n_epoch", "epoch", "n_iter", "iter", "train_iter", "pct_train", "training", "smooth_loss",
+]  # fmt: skip
+
+# Fields that hold one batch's tensors: dropped when fit returns, so the learner holds no
+# device memory between fits.
+BATCH_FIELDS: Final = ("xb", "yb", "pred", "loss")
+
+# Fields the loop writes; callbacks read them but cannot assign them.
+LOOP_OWNED_FIELDS: Final = frozenset(
+    {"epoch", "iter", "n_epoch", "n_iter", "dl", "dls", "x", "y", "cbs"}
+)
+
+# Default of the fields that start unset: removed from the instance right after
+# construction, so reading one raises UnsetFieldError (typed Any to fit every field).
+_UNSET: Any = None
+
+# When each field that starts unset gets its first value (for the error on early reads).
+_AVAILABLE_FROM: Final = {
+    "xb": "begin_batch",
+    "yb": "begin_batch",
+    "pred": "after_pred",
+    "loss": "after_loss",
+    "dl": "begin_train",
+    "smooth_loss": "the first recorded training batch (Recorder, after_batch)",
+}
+
+
+class UnsetFieldError(AttributeError):
+    """A state field was read before the loop gave it a value (``loss`` outside a batch)."""
+
+
+@final
+class StateKey(Generic[T]):
+    """A typed key for extension state that callbacks publish for one another.
+
+    Example:
+        >>> EMA_LOSS = StateKey("ema_loss", float)
+        >>> # publisher: self.learn.extras[EMA_LOSS] = 0.5
+        >>> # reader:    value = self.extras[EMA_LOSS]   # typed float
+    """
+
+    __slots__ = ("name", "type")
+
+    def __init__(self, name: str, type: type[T]) -> None:
+        self.name: Final = name
+        self.type: Final = type
+
+    def __repr__(self) -> str:
+        return f"StateKey({self.name!r}, {self.type.__qualname__})"
+
+
+@final
+class Extras:
+    """Extension state: values keyed by :class:`StateKey`, type-checked on write."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[StateKey[Any], object] = {}
+
+    def __getitem__(self, key: StateKey[T]) -> T:
+        try:
+            value = self._values[key]
+        except KeyError:
+            raise KeyError(f"no value was published for {key!r} yet") from None
+        return value  # type: ignore[return-value]  # checked against key.type on write
+
+    def __setitem__(self, key: StateKey[T], value: T) -> None:
+        if not isinstance(value, key.type):
+            raise TypeError(
+                f"{key!r} holds {key.type.__qualname__}, got {type(value).__qualname__}"
+            )
+        self._values[key] = value
+
+    def __contains__(self, key: StateKey[Any]) -> bool:
+        return key in self._values
+
+    def __iter__(self) -> Iterator[StateKey[Any]]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: StateKey[T], default: T) -> T:
+        """The value of ``key``, or ``default`` when none was published."""
+        return self[key] if key in self._values else default
+
+
+class TrainingState(pydantic.BaseModel):
+    """Everything the loop knows, validated on every write from a callback.
+
+    A callback reads fields as ``self.<name>`` and writes them as
+    ``self.learn.<name> = value``; a value of the wrong type raises a pydantic
+    ``ValidationError`` naming the field. The loop's own writes skip validation: they
+    are trusted and sit on the hot path. Fields that have no value yet (``loss`` before
+    the first ``after_loss``, any batch field after ``fit`` returned) raise
+    :class:`UnsetFieldError` saying when they become available.
+    """
+
+    model_config = pydantic.ConfigDict(
+        arbitrary_types_allowed=True, validate_assignment=True, strict=True, extra="forbid"
+    )
+
+    model: nn.Module
+    dls: DataLoaders
+    loss_func: Callable[..., torch.Tensor]
+    opt_func: Callable[..., torch.optim.Optimizer]
+    opt: torch.optim.Optimizer
+    cbs: tuple[Any, ...] = ()
+    dl: BatchSource = pydantic.Field(default=_UNSET)
+    xb: tuple[torch.Tensor, ...] = pydantic.Field(default=_UNSET)
+    yb: tuple[torch.Tensor, ...] = pydantic.Field(default=_UNSET)
+    pred: torch.Tensor = pydantic.Field(default=_UNSET)
+    loss: torch.Tensor = pydantic.Field(default=_UNSET)
+    n_epoch: int = 0
+    epoch: int = 0
+    n_iter: int = 0
+    iter: int = 0
+    train_iter: int = 0
+    pct_train: float = 0.0
+    training: bool = False
+    smooth_loss: torch.Tensor = pydantic.Field(default=_UNSET)
+    extras: Extras = pydantic.Field(default_factory=Extras)
+
+    # Fields computed on first read (Recorder's smooth_loss), so that a value nobody reads
+    # costs no tensor work per batch.
+    _providers: dict[str, Callable[[], object]] = pydantic.PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for name in _AVAILABLE_FROM:
+            self.__dict__.pop(name, None)
+
+    @property
+    def callbacks(self) -> tuple[Callback, ...]:
+        """``cbs`` with its element type (pydantic stores it untyped to avoid a cycle)."""
+        return self.cbs
+
+    @property
+    def x(self) -> torch.Tensor:
+        """``xb[0]``; defined when the batch has exactly one input."""
+        return _single(self.xb, "x", "xb")
+
+    @property
+    def y(self) -> torch.Tensor:
+        """``yb[0]``; defined when the batch has exactly one target."""
+        return _single(self.yb, "y", "yb")
+
+    def set_trusted(self, name: FieldName, value: object) -> None:
+        """Write a field without validation: for the loop and built-in callbacks only."""
+        self.__dict__[name] = value
+
+    def provide(self, name: FieldName, provider: Callable[[], object] | None) -> None:
+        """Compute ``name`` with ``provider()`` when it is read and has no value.
+
+        The value is kept until :meth:`invalidate` (or a write) replaces it; ``None``
+        removes the provider.
+        """
+        if provider is None:
+            self._providers.pop(name, None)
+        else:
+            self._providers[name] = provider
+        self.__dict__.pop(name, None)
+
+    def invalidate(self, name: FieldName) -> None:
+        """Forget the value of ``name`` so its provider computes it again on the next read."""
+        self.__dict__.pop(name, None)
+
+    def drop_batch(self) -> None:
+        """Forget the last batch's tensors (inputs, targets, prediction, loss)."""
+        for name in BATCH_FIELDS:
+            self.__dict__.pop(name, None)
+
+    if not TYPE_CHECKING:  # invisible to type checkers: an unknown name stays a type error
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _AVAILABLE_FROM:
+                provider = self._providers.get(name)
+                if provider is not None:
+                    value = self.__dict__[name] = provider()
+                    return value
+                raise UnsetFieldError(
+                    f"TrainingState.{name} has no value here: it is set from "
+                    f"{_AVAILABLE_FROM[name]} on"
+                    + (" while a batch is in flight" if name in BATCH_FIELDS else "")
+                )
+            return super().__getattr__(name)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        return [(k, v) for k, v in super().__repr_args__() if k in self.__dict__]
+
+
+def _single(batch: tuple[torch.Tensor, ...], name: str, field: str) -> torch.Tensor:
+    if len(batch) != 1:
+        raise ValueError(
+            f"{name} is defined for batches with one element, but {field} has {len(batch)}: "
+            f"read {field} instead"
+        )
+    return batch[0]
+
+
+STATE_FIELDS: Final = frozenset(TrainingState.model_fields) | {"x", "y"}
