@@ -6,13 +6,14 @@ The bus knows nothing about tensors or the Learner: any loop can drive it by han
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Final, final
 
 import attrs
 
 from ._events import Event, Stage
-from ._hooks import Subscriber, hooks_of
+from ._hooks import Subscriber, hooks_of, ordering_classes
 from ._ordering import dependency_order
 from ._signals import CancelException, SignalUsageError
 
@@ -54,15 +55,11 @@ def _function_label(function: object) -> str:
     return getattr(inner, "__qualname__", repr(inner))
 
 
-def _classes(spec: type[Subscriber] | Iterable[type[Subscriber]]) -> tuple[type[Subscriber], ...]:
-    return (spec,) if isinstance(spec, type) else tuple(spec)
-
-
 def _must_precede(a: _Entry, b: _Entry) -> bool:
     if a.subscriber is None or b.subscriber is None:
         return False
-    return isinstance(b.subscriber, _classes(a.subscriber.run_before)) or isinstance(
-        a.subscriber, _classes(b.subscriber.run_after)
+    return isinstance(b.subscriber, ordering_classes(a.subscriber.run_before)) or isinstance(
+        a.subscriber, ordering_classes(b.subscriber.run_after)
     )
 
 
@@ -81,15 +78,31 @@ class EventBus:
         fit starts
     """
 
-    __slots__ = ("_entries", "_next_seq", "_ordered", "_stack", "_table")
+    __slots__ = (
+        "_active",
+        "_entries",
+        "_next_seq",
+        "_ordered",
+        "_stack",
+        "_table",
+        "_view",
+        "cancelled_in",
+    )
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self._entries: list[_Entry] = []
         self._ordered: tuple[_Entry, ...] = ()
+        # Updated in place, never replaced, so that a reference to it (or to _view) stays live.
         self._table: dict[Event, tuple[Handler, ...]] = {event: () for event in Event}
+        self._view: Mapping[Event, tuple[Handler, ...]] = MappingProxyType(self._table)
         # Stages whose body is running, outermost first: a signal is legal only for these.
         self._stack: list[Stage] = []
+        # Whether an outermost run is in progress (its handler releases subscribers on error).
+        self._active = False
         self._next_seq = 0
+        self.cancelled_in: Event | None = None
+        """The event whose dispatch raised the signal being handled (``None``: a stage body
+        raised it). Meaningful in ``after_cancel_*`` hooks."""
         for subscriber in subscribers:
             self.add(subscriber)
 
@@ -103,7 +116,8 @@ class EventBus:
             CallbackOrderError: Its ordering constraints close a cycle (nothing is added).
             ValueError: It is registered already.
         """
-        if not isinstance(subscriber, Subscriber):
+        # Checked although annotated: callers without a type checker exist.
+        if not isinstance(subscriber, Subscriber):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(
                 f"EventBus.add expects a Subscriber (e.g. a trainbus.Callback), got "
                 f"{type(subscriber).__qualname__}; use subscribe() for a plain function"
@@ -159,6 +173,14 @@ class EventBus:
         """What ``event`` calls, in order."""
         return self._table[_as_event(event)]
 
+    @property
+    def table(self) -> Mapping[Event, tuple[Handler, ...]]:
+        """Every event's handlers, in order: a live read-only view, current at every read.
+
+        A loop can keep it and skip :meth:`emit` for events nobody hears.
+        """
+        return self._view
+
     def describe(self) -> str:
         """Event by event, the subscribers that run, in order (events nobody hears omitted)."""
         lines: list[str] = []
@@ -188,7 +210,8 @@ class EventBus:
         for event in Event:
             handlers = (entry.handler(event) for entry in ordered)
             table[event] = tuple(h for h in handlers if h is not None)
-        self._entries, self._ordered, self._table = entries, tuple(ordered), table
+        self._entries, self._ordered = entries, tuple(ordered)
+        self._table.update(table)
 
     # ------------------------------------------------------------------- dispatch
 
@@ -203,13 +226,11 @@ class EventBus:
         for handler in self._table[event]:
             try:
                 handler()
-            except CancelException as signal:
-                if signal.stage not in self._stack:
-                    raise _misplaced(signal, event, handler) from signal
-                raise
             except BaseException as error:
-                _annotate(error, handler, event)
-                raise
+                replacement = self._failure(error, event, handler)
+                if replacement is None:
+                    raise
+                raise replacement from error
 
     def run(self, stage: Stage, body: Callable[[], object]) -> None:
         """Run ``stage``: ``begin`` event, ``body()``, then the ``after`` event(s).
@@ -220,11 +241,63 @@ class EventBus:
         When an ordinary exception leaves the outermost stage, every subscriber's
         ``on_exception`` runs before it propagates.
         """
-        if self._stack:
-            self._run(stage, body)
+        if not self._active:
+            self._run_outermost(stage, body)
             return
+        # This runs for every batch, so the dispatch of `begin` and `after` is emit's loop
+        # written out here: it saves a call per event.
+        stack, table = self._stack, self._table
+        stack.append(stage)
         try:
-            self._run(stage, body)
+            for handler in table[stage.begin]:
+                try:
+                    handler()
+                except BaseException as error:
+                    replacement = self._failure(error, stage.begin, handler)
+                    if replacement is None:
+                        raise
+                    raise replacement from error
+            body()
+        except CancelException as signal:
+            stack.pop()
+            if signal.stage is not stage:
+                raise
+            self.cancelled_in = signal.event
+            self.emit(stage.after_cancel)
+        except BaseException:
+            stack.pop()
+            raise
+        else:
+            stack.pop()
+        for handler in table[stage.after]:
+            try:
+                handler()
+            except BaseException as error:
+                replacement = self._failure(error, stage.after, handler)
+                if replacement is None:
+                    raise
+                raise replacement from error
+
+    def _failure(self, error: BaseException, event: Event, handler: Handler) -> Exception | None:
+        """What a dispatch raises when ``handler`` raised ``error``: ``None`` for ``error`` itself.
+
+        A signal for a running stage goes on to that stage, a signal for a stage that is not
+        running becomes a :class:`SignalUsageError`, and any other exception gets a note
+        naming the handler and the event.
+        """
+        if isinstance(error, CancelException):
+            if error.stage not in self._stack:
+                return _misplaced(error, event, handler)
+            if error.event is None:  # the innermost dispatch is where it was raised
+                error.event = event
+            return None
+        _annotate(error, handler, event)
+        return None
+
+    def _run_outermost(self, stage: Stage, body: Callable[[], object]) -> None:
+        self._active = True
+        try:
+            self.run(stage, body)
         except CancelException as signal:  # reached the top uncaught: raised out of place
             self._stack.clear()
             error = SignalUsageError(
@@ -237,24 +310,8 @@ class EventBus:
             self._stack.clear()
             self._release(error)
             raise
-
-    def _run(self, stage: Stage, body: Callable[[], object]) -> None:
-        stack, emit = self._stack, self.emit
-        stack.append(stage)
-        try:
-            emit(stage.begin)
-            body()
-        except CancelException as signal:
-            stack.pop()
-            if signal.stage is not stage:
-                raise
-            emit(stage.after_cancel)
-        except BaseException:
-            stack.pop()
-            raise
-        else:
-            stack.pop()
-        emit(stage.after)
+        finally:
+            self._active = False
 
     def _release(self, error: BaseException) -> None:
         for entry in self._ordered:

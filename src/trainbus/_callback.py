@@ -189,6 +189,8 @@ class Callback(Subscriber, StateView):
 def state_write_error(owner: str, name: str) -> str:
     if name in LOOP_OWNED_FIELDS:
         return f"{owner}.{name} is owned by the training loop; callbacks can read it, not write it"
+    if name == "extras":
+        return f"{owner}.extras is a mapping: publish with self.learn.extras[KEY] = value"
     if name == "learn":
         return f"{owner}.learn is set by Learner.add_cb; it cannot be assigned"
     return (

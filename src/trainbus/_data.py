@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, final, runtime_checkable
 
@@ -51,23 +50,25 @@ class TensorBatches:
         generator: torch.Generator | None = None,
     ) -> None:
         tensors = tuple(tensors)
-        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        # Checks of what the annotations promise: callers without a type checker exist.
+        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError("TensorBatches needs one or more tensors")
         sizes = {t.shape[0] if t.dim() else None for t in tensors}
         if len(sizes) != 1 or None in sizes:
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-            raise ValueError(f"TensorBatches needs tensors with one first dimension; got {shapes}")
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise ValueError(f"bs must be a positive int, got {bs!r}")
+            raise ValueError(
+                f"TensorBatches needs tensors with the same first dimension (one row per "
+                f"sample); got shapes {shapes}"
+            )
         self.tensors: tuple[torch.Tensor, ...] = tensors
-        self.bs = bs
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.generator = generator
+        self.bs: int = _batch_size("bs", bs)
+        self.shuffle: bool = shuffle
+        self.drop_last: bool = drop_last
+        self.generator: torch.Generator | None = generator
 
     def __len__(self) -> int:
         n = self.tensors[0].shape[0]
-        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         tensors = self.tensors
@@ -94,7 +95,8 @@ class DataLoaders:
 
     def __init__(self, train: BatchSource, valid: BatchSource | None = None) -> None:
         for name, source in (("train", train), ("valid", valid)):
-            if source is not None and not isinstance(source, BatchSource):
+            # Checked although annotated: callers without a type checker exist.
+            if source is not None and not isinstance(source, BatchSource):  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(
                     f"DataLoaders {name} must be a sized iterable of batches (len() and "
                     f"iteration), got {type(source).__qualname__}"
@@ -126,11 +128,18 @@ class DataLoaders:
             shuffle: Shuffle the training set every epoch (validation is never shuffled).
             seed: Seed of the shuffling, for reproducible runs.
         """
+        bs = _batch_size("bs", bs)
+        valid_bs = 2 * bs if valid_bs is None else _batch_size("valid_bs", valid_bs)
         generator = None
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
         train_batches = TensorBatches(train, bs=bs, shuffle=shuffle, generator=generator)
-        valid_batches = (
-            None if valid is None else TensorBatches(valid, bs=valid_bs or 2 * bs, shuffle=False)
-        )
+        valid_batches = None if valid is None else TensorBatches(valid, bs=valid_bs)
         return cls(train_batches, valid_batches)
+
+
+def _batch_size(name: str, value: object) -> int:
+    # Checked although annotated: callers without a type checker exist.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value

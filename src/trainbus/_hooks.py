@@ -13,13 +13,27 @@ import inspect
 import re
 import weakref
 from collections.abc import Collection
-from typing import ClassVar, Final
+from typing import ClassVar, Final, TypeAlias, cast
 
 from ._events import Event
 
-__all__ = ["HookError", "Subscriber", "hooks_of", "subscriber_name"]
+__all__ = [
+    "HookError",
+    "Subscriber",
+    "SubscriberClasses",
+    "hooks_of",
+    "ordering_classes",
+    "subscriber_name",
+]
 
 EVENT_NAMES: Final = frozenset(event.value for event in Event)
+
+SubscriberClasses: TypeAlias = "type[Subscriber] | Collection[type[Subscriber]]"
+"""The type of ``run_before``/``run_after``: one subscriber class, or a collection of them.
+
+A subclass in the library annotates its own (``run_after: ClassVar[SubscriberClasses] =
+Recorder``) so that its public type is declared, not inferred.
+"""
 
 # Subscriber classes already checked, with the events they override.
 _HOOKS_BY_CLASS: Final[weakref.WeakKeyDictionary[type[Subscriber], tuple[Event, ...]]] = (
@@ -43,8 +57,8 @@ class Subscriber:
         order: Tie-break among subscribers free to run: smaller runs first (default 0).
     """
 
-    run_before: ClassVar[type[Subscriber] | Collection[type[Subscriber]]] = ()
-    run_after: ClassVar[type[Subscriber] | Collection[type[Subscriber]]] = ()
+    run_before: ClassVar[SubscriberClasses] = ()
+    run_after: ClassVar[SubscriberClasses] = ()
     order: ClassVar[int] = 0
 
     @property
@@ -121,6 +135,7 @@ class Subscriber:
 def subscriber_name(cls: type[object]) -> str:
     """``TerminateOnNaNCallback`` -> ``terminate_on_nan``; ``Recorder`` -> ``recorder``."""
     base = cls.__name__.removesuffix("Callback") or cls.__name__
+    base = base.replace("NaN", "Nan")  # one word, not "na_n"
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", base).lower()
 
 
@@ -135,12 +150,39 @@ def hooks_of(cls: type[Subscriber]) -> tuple[Event, ...]:
     if cached is not None:
         return cached
     _reject_near_misses(cls)
+    _check_ordering(cls)
     base = Subscriber
     hooks = tuple(e for e in Event if getattr(cls, e.value) is not getattr(base, e.value))
     for event in hooks:
         _check_signature(cls, event.value)
     _HOOKS_BY_CLASS[cls] = hooks
     return hooks
+
+
+def ordering_classes(spec: SubscriberClasses) -> tuple[type[Subscriber], ...]:
+    """``run_before``/``run_after`` as a tuple of classes."""
+    return (spec,) if isinstance(spec, type) else tuple(spec)
+
+
+def _is_subscriber_class(item: object) -> bool:
+    return isinstance(item, type) and issubclass(item, Subscriber)
+
+
+def _check_ordering(cls: type[Subscriber]) -> None:
+    for attribute in ("run_before", "run_after"):
+        spec: object = getattr(cls, attribute)
+        items: tuple[object, ...] = (spec,)
+        if isinstance(spec, Collection) and not isinstance(spec, str | bytes | type):
+            items = tuple(cast("Collection[object]", spec))
+        wrong = [c for c in items if not _is_subscriber_class(c)]
+        if wrong:
+            raise HookError(
+                f"{cls.__qualname__}.{attribute} must be a Callback class or a collection of "
+                f"them, but holds {wrong[0]!r}"
+            )
+    order = cast(object, cls.order)  # declared int, but a subclass may assign anything
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise HookError(f"{cls.__qualname__}.order must be an int, got {order!r}")
 
 
 def _suggestion(name: str) -> str | None:

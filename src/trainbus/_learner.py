@@ -14,8 +14,12 @@ from ._bus import EventBus
 from ._callback import Callback, StateView, state_write_error
 from ._data import DataLoaders
 from ._events import Event, Stage
-from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, TrainingState
+from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
 from .callbacks._core import ProgressCallback, Recorder, TrainEvalCallback
+
+if TYPE_CHECKING:
+    from .callbacks._lr_finder import LRFinderResult
+    from .callbacks._schedule import ParamScheduler
 
 __all__ = ["Learner", "Metric"]
 
@@ -30,6 +34,55 @@ _AFTER_LOSS: Final = Event.after_loss
 _AFTER_BACKWARD: Final = Event.after_backward
 _AFTER_STEP: Final = Event.after_step
 _BATCH: Final = Stage.batch
+
+
+_BATCH_TYPES: Final = (tuple, list)
+
+
+def _batch_bodies(
+    state: TrainingState, bus: EventBus
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The bodies of a training batch and of a validation batch, handed to ``bus.run``.
+
+    They run for every batch, so they are closures (no attribute reads on the Learner),
+    read the state's fields from its ``__dict__`` (the interpreter cannot specialise
+    attribute reads on a pydantic model), and skip events nobody hears. After each event
+    they read the state again: a callback may have replaced any field
+    (``self.learn.loss = ...``), and a validated write replaces the ``__dict__`` itself.
+    """
+    handlers, emit = bus.table, bus.emit
+
+    def train_batch() -> None:
+        values = vars(state)
+        values["pred"] = values["model"](*values["xb"])
+        if handlers[_AFTER_PRED]:
+            emit(_AFTER_PRED)
+            values = vars(state)
+        values["loss"] = values["loss_func"](values["pred"], *values["yb"])
+        if handlers[_AFTER_LOSS]:
+            emit(_AFTER_LOSS)
+            values = vars(state)
+        values["loss"].backward()
+        if handlers[_AFTER_BACKWARD]:
+            emit(_AFTER_BACKWARD)
+            values = vars(state)
+        values["opt"].step()
+        if handlers[_AFTER_STEP]:
+            emit(_AFTER_STEP)
+            values = vars(state)
+        values["opt"].zero_grad()
+
+    def valid_batch() -> None:
+        values = vars(state)
+        values["pred"] = values["model"](*values["xb"])
+        if handlers[_AFTER_PRED]:
+            emit(_AFTER_PRED)
+            values = vars(state)
+        values["loss"] = values["loss_func"](values["pred"], *values["yb"])
+        if handlers[_AFTER_LOSS]:
+            emit(_AFTER_LOSS)
+
+    return train_batch, valid_batch
 
 
 def _positive_float(name: str, value: object) -> float:
@@ -56,6 +109,10 @@ class Learner(StateView):
         n_inp: How many leading elements of a batch are the model's inputs.
     """
 
+    # No __dict__: assigning a misspelt name (learn.los = ...) is an error, never a new
+    # attribute that the loop would ignore.
+    __slots__ = ("_functions", "_train_batch", "_valid_batch", "bus", "metrics", "n_inp", "state")
+
     def __init__(
         self,
         model: nn.Module,
@@ -68,13 +125,14 @@ class Learner(StateView):
         *,
         n_inp: int = 1,
     ) -> None:
-        if not isinstance(model, nn.Module):
+        # Checks of what the annotations promise: callers without a type checker exist.
+        if not isinstance(model, nn.Module):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__qualname__}")
-        if not isinstance(dls, DataLoaders):
+        if not isinstance(dls, DataLoaders):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"dls must be trainbus.DataLoaders, got {type(dls).__qualname__}")
         if not callable(loss_func):
             raise TypeError(f"loss_func must be callable, got {type(loss_func).__qualname__}")
-        if isinstance(n_inp, bool) or not isinstance(n_inp, int) or n_inp < 1:
+        if isinstance(n_inp, bool) or not isinstance(n_inp, int) or n_inp < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"n_inp must be a positive int, got {n_inp!r}")
         lr = _positive_float("lr", lr)
         metrics = list(metrics or ())
@@ -92,9 +150,8 @@ class Learner(StateView):
         self.metrics: Final[list[Metric]] = metrics
         self.n_inp: Final = n_inp
         self._functions: dict[tuple[Event, Callable[[Learner], object]], Callable[[], object]] = {}
-        # Bodies handed to the bus, bound once rather than on every batch.
-        self._train_batch: Final = self._one_train_batch
-        self._valid_batch: Final = self._one_valid_batch
+        # Bodies handed to the bus, made once rather than on every batch.
+        self._train_batch, self._valid_batch = _batch_bodies(self.state, self.bus)
         for cb in (TrainEvalCallback(), Recorder(), ProgressCallback(), *(cbs or ())):
             self.add_cb(cb)
 
@@ -116,7 +173,7 @@ class Learner(StateView):
             CallbackOrderError: Its constraints close a cycle (nothing is added).
         """
         candidate: object = cb  # untyped callers can pass anything
-        if not isinstance(candidate, Callback):
+        if not isinstance(candidate, Callback):  # pyright: ignore[reportUnnecessaryIsInstance]
             hint = " (use learn.subscribe(event, fn) for a function)" if callable(cb) else ""
             raise TypeError(
                 f"add_cb expects a trainbus.Callback, got {type(cb).__qualname__}{hint}"
@@ -197,7 +254,7 @@ class Learner(StateView):
             lr: If given, the learning rate of every parameter group from now on.
             cbs: Callbacks for this fit only: removed when it returns or raises.
         """
-        if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 0:
+        if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"n_epoch must be a non-negative int, got {n_epoch!r}")
         if lr is not None:
             lr = _positive_float("lr", lr)
@@ -207,13 +264,82 @@ class Learner(StateView):
         try:
             for cb in cbs or ():
                 added.append(self.add_cb(cb))
-            self.state.set_trusted("n_epoch", n_epoch)
+            state = self.state
+            # Counters of a previous fit must not leak into this one's begin_fit.
+            for counter in ("epoch", "iter", "n_iter"):
+                state.set_trusted(counter, 0)
+            state.set_trusted("n_epoch", n_epoch)
             self.bus.run(Stage.fit, self._all_epochs)
         finally:
             self.state.drop_batch()
             for cb in reversed(added):
                 if cb in self.state.cbs:
                     self.remove_cb(cb)
+
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: float | None = None,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
+        cbs: Iterable[Callback] | None = None,
+    ) -> ParamScheduler:
+        """Train for ``n_epoch`` epochs with the one-cycle policy.
+
+        The learning rate warms up from ``lr_max / div`` to ``lr_max`` (half cosine) over
+        the first ``pct_start`` of the training batches, then anneals to
+        ``lr_max / div_final``; the momentum (SGD's ``momentum``, Adam's first beta) goes
+        ``moms[0] -> moms[1] -> moms[2]`` over the same phases (``moms=None``: untouched).
+
+        Args:
+            n_epoch: Number of epochs.
+            lr_max: Peak learning rate; default: the ``lr`` the optimizer was made with.
+            div: ``lr_max / div`` is the first learning rate.
+            div_final: ``lr_max / div_final`` is the last learning rate.
+            pct_start: Fraction of the training batches spent warming up.
+            moms: Momentum at the start, the peak of the learning rate, and the end.
+            cbs: More callbacks for this fit only.
+
+        Returns:
+            The fit's :class:`~trainbus.callbacks.ParamScheduler` (``.hps``, ``.plot``).
+        """
+        from .callbacks._schedule import ParamScheduler, one_cycle_schedules
+
+        if lr_max is None:
+            # The optimizer's construction default, not its current lr: a previous
+            # one-cycle fit leaves that at lr_max / div_final.
+            lr_max = self.opt.defaults.get("lr")
+            if not isinstance(lr_max, int | float):
+                raise ValueError("fit_one_cycle needs lr_max: the optimizer has no default lr")
+        scheds = one_cycle_schedules(
+            lr_max, div=div, div_final=div_final, pct_start=pct_start, moms=moms
+        )
+        scheduler = ParamScheduler(scheds)
+        self.fit(n_epoch, cbs=[scheduler, *(cbs or ())])
+        return scheduler
+
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        stop_div: bool = True,
+    ) -> LRFinderResult:
+        """Find a learning rate: see :class:`~trainbus.callbacks.LRFinder`.
+
+        Trains for up to ``num_it`` batches at learning rates growing geometrically from
+        ``start_lr`` to ``end_lr``, then puts the model, the optimizer, the Recorder's
+        records and the loop counters back as they were.
+
+        Returns:
+            The curve and the suggested learning rates (``valley``, ``steep``,
+            ``minimum``); ``result.plot(path)`` draws it.
+        """
+        from .callbacks._lr_finder import lr_find
+
+        return lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     def _all_epochs(self) -> None:
         state, run, one_epoch = self.state, self.bus.run, self._one_epoch
@@ -236,39 +362,24 @@ class Learner(StateView):
 
     def _all_batches(self, one_batch: Callable[[], None]) -> None:
         state, run, n_inp = self.state, self.bus.run, self.n_inp
+        batch: Sequence[torch.Tensor]  # what a BatchSource yields, by its contract
         for i, batch in enumerate(state.dl):
-            if not isinstance(batch, tuple | list):
-                raise TypeError(
-                    "each batch must be a tuple or list (inputs..., targets...), got "
-                    f"{type(batch).__qualname__}"
-                )
-            values = state.__dict__
+            if type(batch) is not tuple:
+                if not isinstance(batch, _BATCH_TYPES):
+                    raise TypeError(
+                        "each batch must be a tuple or list (inputs..., targets...), got "
+                        f"{type(batch).__qualname__}"
+                    )
+                batch = tuple(batch)
+            values = vars(state)
             values["iter"] = i
-            xb, yb = batch[:n_inp], batch[n_inp:]
-            values["xb"] = xb if type(xb) is tuple else tuple(xb)
-            values["yb"] = yb if type(yb) is tuple else tuple(yb)
+            values["xb"] = batch[:n_inp]
+            values["yb"] = batch[n_inp:]
+            # The previous batch's prediction and loss are not this batch's.
+            values.pop("pred", None)
+            values.pop("loss", None)
             run(_BATCH, one_batch)
-
-    # The batch bodies read the state again after every event: callbacks may replace
-    # any field (self.learn.loss = ...), and the loop must use what they wrote.
-    def _one_train_batch(self) -> None:
-        state, emit = self.state, self.bus.emit
-        state.__dict__["pred"] = state.model(*state.xb)
-        emit(_AFTER_PRED)
-        state.__dict__["loss"] = state.loss_func(state.pred, *state.yb)
-        emit(_AFTER_LOSS)
-        state.loss.backward()
-        emit(_AFTER_BACKWARD)
-        state.opt.step()
-        emit(_AFTER_STEP)
-        state.opt.zero_grad()
-
-    def _one_valid_batch(self) -> None:
-        state, emit = self.state, self.bus.emit
-        state.__dict__["pred"] = state.model(*state.xb)
-        emit(_AFTER_PRED)
-        state.__dict__["loss"] = state.loss_func(state.pred, *state.yb)
-        emit(_AFTER_LOSS)
+        state.drop_batch()  # no batch is in flight in after_train / after_validate
 
     # ------------------------------------------------ state writes from callbacks
 
@@ -385,7 +496,16 @@ class Learner(StateView):
         def __setattr__(self, name: str, value: Any) -> None:
             if name in LOOP_OWNED_FIELDS:
                 raise AttributeError(state_write_error("Learner", name))
-            object.__setattr__(self, name, value)
+            try:
+                object.__setattr__(self, name, value)
+            except AttributeError:
+                if hasattr(type(self), name):  # a read-only property
+                    raise
+                raise AttributeError(
+                    f"Learner has no attribute {name!r} to assign; the fields callbacks can "
+                    f"write are {', '.join(sorted(WRITABLE_FIELDS))} (publish other values "
+                    "through learn.extras[StateKey(...)])"
+                ) from None
 
         def __getattr__(self, name: str) -> Any:
             if name.startswith("__"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, final
 
-from ._events import Stage
+from ._events import Event, Stage
 
 __all__ = [
     "CancelBatchException",
@@ -28,40 +28,44 @@ class CancelException(Exception):
 
     stage: ClassVar[Stage]
 
+    # Set by the bus: the event during whose dispatch the signal was raised (``None`` when a
+    # stage body raised it). Read it in ``after_cancel_*`` hooks as ``bus.cancelled_in``.
+    event: Event | None = None
+
 
 @final
 class CancelBatchException(CancelException):
     """Skip the rest of this batch; ``after_cancel_batch``, ``after_batch`` follow."""
 
-    stage = Stage.batch
+    stage: ClassVar[Stage] = Stage.batch
 
 
 @final
 class CancelTrainException(CancelException):
     """Skip the rest of this epoch's training phase; validation still runs."""
 
-    stage = Stage.train
+    stage: ClassVar[Stage] = Stage.train
 
 
 @final
 class CancelValidException(CancelException):
     """Skip the rest of this validation phase; ``after_epoch`` still runs."""
 
-    stage = Stage.validate
+    stage: ClassVar[Stage] = Stage.validate
 
 
 @final
 class CancelEpochException(CancelException):
     """Skip the rest of this epoch; the next epoch starts."""
 
-    stage = Stage.epoch
+    stage: ClassVar[Stage] = Stage.epoch
 
 
 @final
 class CancelFitException(CancelException):
     """Skip the rest of the fit; ``after_cancel_fit``, ``after_fit`` follow and fit returns."""
 
-    stage = Stage.fit
+    stage: ClassVar[Stage] = Stage.fit
 
 
 @final

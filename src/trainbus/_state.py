@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Literal, TypeVar, final
 
 import pydantic
 import torch
@@ -18,6 +18,7 @@ __all__ = [
     "BATCH_FIELDS",
     "LOOP_OWNED_FIELDS",
     "STATE_FIELDS",
+    "WRITABLE_FIELDS",
     "Extras",
     "FieldName",
     "StateKey",
@@ -90,6 +91,7 @@ class Extras:
         self._values: dict[StateKey[Any], object] = {}
 
     def __getitem__(self, key: StateKey[T]) -> T:
+        _check_key(key)
         try:
             value = self._values[key]
         except KeyError:
@@ -97,11 +99,15 @@ class Extras:
         return value  # type: ignore[return-value]  # checked against key.type on write
 
     def __setitem__(self, key: StateKey[T], value: T) -> None:
-        if not isinstance(value, key.type):
+        _check_key(key)
+        stored: object = value
+        if key.type is float and type(stored) is int:  # type checkers accept int for float
+            stored = float(stored)
+        if not isinstance(stored, key.type):
             raise TypeError(
-                f"{key!r} holds {key.type.__qualname__}, got {type(value).__qualname__}"
+                f"{key!r} holds {key.type.__qualname__}, got {type(stored).__qualname__}"
             )
-        self._values[key] = value
+        self._values[key] = stored
 
     def __contains__(self, key: StateKey[Any]) -> bool:
         return key in self._values
@@ -117,6 +123,11 @@ class Extras:
         return self[key] if key in self._values else default
 
 
+def _check_key(key: object) -> None:
+    if not isinstance(key, StateKey):
+        raise TypeError(f"Extras keys are trainbus.StateKey objects, got {key!r}")
+
+
 class TrainingState(pydantic.BaseModel):
     """Everything the loop knows, validated on every write from a callback.
 
@@ -128,7 +139,7 @@ class TrainingState(pydantic.BaseModel):
     :class:`UnsetFieldError` saying when they become available.
     """
 
-    model_config = pydantic.ConfigDict(
+    model_config: ClassVar[pydantic.ConfigDict] = pydantic.ConfigDict(
         arbitrary_types_allowed=True, validate_assignment=True, strict=True, extra="forbid"
     )
 
@@ -157,9 +168,11 @@ class TrainingState(pydantic.BaseModel):
     # costs no tensor work per batch.
     _providers: dict[str, Callable[[], object]] = pydantic.PrivateAttr(default_factory=dict)
 
+    # The ignores below: pyright types a pydantic model's __dict__ as a read-only
+    # mappingproxy (pyright#11548); it is the instance's dict.
     def model_post_init(self, context: Any, /) -> None:
         for name in _AVAILABLE_FROM:
-            self.__dict__.pop(name, None)
+            self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
 
     @property
     def callbacks(self) -> tuple[Callback, ...]:
@@ -178,7 +191,7 @@ class TrainingState(pydantic.BaseModel):
 
     def set_trusted(self, name: FieldName, value: object) -> None:
         """Write a field without validation: for the loop and built-in callbacks only."""
-        self.__dict__[name] = value
+        self.__dict__[name] = value  # pyright: ignore[reportIndexIssue]
 
     def provide(self, name: FieldName, provider: Callable[[], object] | None) -> None:
         """Compute ``name`` with ``provider()`` when it is read and has no value.
@@ -190,16 +203,16 @@ class TrainingState(pydantic.BaseModel):
             self._providers.pop(name, None)
         else:
             self._providers[name] = provider
-        self.__dict__.pop(name, None)
+        self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
 
     def invalidate(self, name: FieldName) -> None:
         """Forget the value of ``name`` so its provider computes it again on the next read."""
-        self.__dict__.pop(name, None)
+        self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
 
     def drop_batch(self) -> None:
         """Forget the last batch's tensors (inputs, targets, prediction, loss)."""
         for name in BATCH_FIELDS:
-            self.__dict__.pop(name, None)
+            self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
 
     if not TYPE_CHECKING:  # invisible to type checkers: an unknown name stays a type error
 
@@ -230,3 +243,6 @@ def _single(batch: tuple[torch.Tensor, ...], name: str, field: str) -> torch.Ten
 
 
 STATE_FIELDS: Final = frozenset(TrainingState.model_fields) | {"x", "y"}
+
+# Fields a callback may assign through the learner (validated): all but the loop's own.
+WRITABLE_FIELDS: Final = STATE_FIELDS - LOOP_OWNED_FIELDS - {"extras"}

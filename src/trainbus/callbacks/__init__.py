@@ -6,14 +6,58 @@ Defaults (every Learner has them): :class:`TrainEvalCallback`, :class:`Recorder`
 """
 
 from ._core import ProgressCallback, Recorder, TrainEvalCallback
+from ._csv import CSVLogger
+from ._gradients import GradientAccumulation, GradientClip
+from ._lr_finder import LRFinder, LRFinderResult
+from ._mixup import MixUp
 from ._nan import TerminateOnNaNCallback
+from ._plots import plot_schedule
+from ._precision import MixedPrecision
 from ._rnn import ModelResetter, RNNRegularizer
+from ._schedule import (
+    ParamScheduler,
+    SchedConst,
+    SchedCos,
+    SchedExp,
+    SchedLin,
+    SchedNo,
+    Schedule,
+    combine_schedules,
+    one_cycle_schedules,
+)
+from ._tracker import (
+    EarlyStoppingCallback,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    TrackerCallback,
+)
 
 __all__ = [
+    "CSVLogger",
+    "EarlyStoppingCallback",
+    "GradientAccumulation",
+    "GradientClip",
+    "LRFinder",
+    "LRFinderResult",
+    "MixUp",
+    "MixedPrecision",
     "ModelResetter",
+    "ParamScheduler",
     "ProgressCallback",
     "RNNRegularizer",
     "Recorder",
+    "ReduceLROnPlateau",
+    "SaveModelCallback",
+    "SchedConst",
+    "SchedCos",
+    "SchedExp",
+    "SchedLin",
+    "SchedNo",
+    "Schedule",
     "TerminateOnNaNCallback",
+    "TrackerCallback",
     "TrainEvalCallback",
+    "combine_schedules",
+    "one_cycle_schedules",
+    "plot_schedule",
 ]

@@ -6,15 +6,20 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast
 
 import torch
 from tqdm import tqdm
 
 from .._callback import Callback
+from .._events import Event
+from .._hooks import SubscriberClasses
+from .._state import UnsetFieldError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from .._state import TrainingState
 
 __all__ = ["ProgressCallback", "Recorder", "TrainEvalCallback"]
 
@@ -34,10 +39,14 @@ class TrainEvalCallback(Callback):
     # or `pct_train`, and must see this event's values.
     order = -100
 
+    # The learner's state, kept at begin_fit: the per-batch hook reads it directly.
+    _fit_state: TrainingState
+
     def begin_fit(self) -> None:
-        state = self.learn.state
+        state = self._fit_state = self.learn.state
         state.set_trusted("train_iter", 0)
         state.set_trusted("pct_train", 0.0)
+        state.set_trusted("training", False)
 
     def begin_train(self) -> None:
         state = self.learn.state
@@ -46,16 +55,22 @@ class TrainEvalCallback(Callback):
         state.set_trusted("pct_train", state.epoch / state.n_epoch)
 
     def after_batch(self) -> None:
-        state = self.learn.state
-        if state.training:
-            state.set_trusted("train_iter", state.train_iter + 1)
-            done = state.epoch * state.n_iter + state.iter + 1
-            state.set_trusted("pct_train", done / (state.n_epoch * state.n_iter))
+        # Runs for every batch: plain dict reads and trusted writes, no method calls.
+        values = vars(self._fit_state)
+        if values["training"]:
+            values["train_iter"] += 1
+            n_iter = values["n_iter"]
+            done = values["epoch"] * n_iter + values["iter"] + 1
+            values["pct_train"] = done / (values["n_epoch"] * n_iter)
 
     def begin_validate(self) -> None:
         state = self.learn.state
         state.model.eval()
         state.set_trusted("training", False)
+
+
+# Cancelling a training batch in these events skips only the step: its loss still counts.
+_RECORDED_CANCELS: Final = frozenset({Event.after_backward, Event.after_step})
 
 
 class Recorder(Callback):
@@ -64,34 +79,40 @@ class Recorder(Callback):
     Per training batch it keeps the loss (a device tensor) and the learning rate; per
     epoch the mean training loss, the validation loss and every metric (averaged over
     the validation set, weighted by batch size) and the epoch's duration. Values reach
-    the host only when asked for (``losses``, ``values``) or at epoch end. Batches ended
-    by ``CancelBatchException`` are not recorded. It publishes ``smooth_loss``, the
+    the host only when asked for (``losses``, ``values``) or at epoch end. A batch ended
+    by ``CancelBatchException`` is not recorded, unless it was cancelled after its
+    backward pass (``after_backward``/``after_step``, as gradient accumulation does): its
+    loss was trained on. It publishes ``smooth_loss``, the
     debiased exponential average of the training loss, computed when first read.
 
     Args:
         beta: Smoothing factor of ``smooth_loss``.
     """
 
-    run_after = TrainEvalCallback
+    run_after: ClassVar[SubscriberClasses] = TrainEvalCallback
 
     def __init__(self, beta: float = 0.98) -> None:
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-        self.beta = beta
+        self.beta: float = beta
         self.lrs: list[float] = []
         self.values: list[list[float]] = []
         self.times: list[float] = []
+        # Training losses: 1-D chunks, then the latest ones as 0-d tensors. Every list is
+        # rebound (never cleared in place) at begin_fit: lr_find restores a shallow copy.
         self._chunks: list[torch.Tensor] = []
         self._recent: list[torch.Tensor] = []
-        self._n_losses = 0
-        self._pending: list[torch.Tensor] = []  # losses not folded into the average yet
+        self._n_chunked = 0  # losses in _chunks
         self._ema: torch.Tensor | None = None
-        self._ema_count = 0
+        self._ema_count = 0  # losses folded into _ema
         self._valid: list[tuple[torch.Tensor, int]] = []
         self._metric_sums: list[list[tuple[torch.Tensor, int]]] = []
         self._epoch_first_loss = 0
         self._epoch_start = 0.0
         self._cancelled = False
+
+    # The learner's state, kept at begin_fit: the per-batch hooks read it directly.
+    _fit_state: TrainingState
 
     @property
     def metric_names(self) -> list[str]:
@@ -102,13 +123,12 @@ class Recorder(Callback):
     @property
     def losses(self) -> list[float]:
         """The loss of every recorded training batch of the last fit (one host transfer)."""
-        return self.loss_tensor().tolist()
+        # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
+        return cast("list[float]", self.loss_tensor().tolist())  # pyright: ignore[reportUnknownMemberType]
 
     def loss_tensor(self) -> torch.Tensor:
         """The recorded training losses as one 1-D tensor, on the device they were on."""
-        if self._recent:
-            self._chunks.append(torch.stack(self._recent))
-            self._recent = []
+        self._flush()
         if not self._chunks:
             return torch.zeros(0)
         if len(self._chunks) > 1:
@@ -116,10 +136,12 @@ class Recorder(Callback):
         return self._chunks[0]
 
     def begin_fit(self) -> None:
+        self._fit_state = self.learn.state
         self.lrs, self.values, self.times = [], [], []
-        self._chunks, self._recent, self._n_losses = [], [], 0
-        self._pending, self._ema, self._ema_count = [], None, 0
-        self.learn.state.provide("smooth_loss", self._smooth_loss)
+        self._chunks, self._recent, self._n_chunked = [], [], 0
+        self._ema, self._ema_count = None, 0
+        self._cancelled = False
+        self._fit_state.provide("smooth_loss", self._smooth_loss)
 
     def begin_epoch(self) -> None:
         self._epoch_first_loss = self._n_losses
@@ -128,55 +150,90 @@ class Recorder(Callback):
         self._metric_sums = [[] for _ in self.learn.metrics]
 
     def begin_batch(self) -> None:
-        self._cancelled = False
+        if self._cancelled:  # only then: an attribute write costs more than this test
+            self._cancelled = False
 
     def after_cancel_batch(self) -> None:
-        self._cancelled = True
+        # A batch cancelled after its backward pass (gradient accumulation) trained the
+        # model with its loss: it is recorded. One cancelled earlier is not.
+        self._cancelled = self.learn.bus.cancelled_in not in _RECORDED_CANCELS
 
     def after_batch(self) -> None:
         if self._cancelled:
             return
-        state = self.learn.state
-        loss = state.loss.detach()
-        if state.training:
-            self._recent.append(loss)
-            self._pending.append(loss)
-            self._n_losses += 1
-            if len(self._recent) == _CHUNK:
-                self._chunks.append(torch.stack(self._recent))
-                self._recent = []
-            self.lrs.append(state.opt.param_groups[0]["lr"])
-            state.invalidate("smooth_loss")
+        # Runs for every batch: fields are read from the state's __dict__ (cheaper than
+        # attribute reads on a pydantic model), and nothing is read from the device.
+        state = self._fit_state
+        values = vars(state)
+        try:
+            loss = values["loss"].detach()
+        except KeyError:  # not a batch of the Learner's: let the state say what is missing
+            loss = state.loss.detach()
+        if values["training"]:
+            recent = self._recent
+            recent.append(loss)
+            if len(recent) == _CHUNK:
+                self._flush()
+            self.lrs.append(values["opt"].param_groups[0]["lr"])
+            values.pop("smooth_loss", None)  # state.invalidate, without the call
         else:
-            bs = len(state.yb[0]) if state.yb else len(state.xb[0])
+            target = state.yb
+            bs = (target[0] if target else state.xb[0]).shape[0]
             self._valid.append((loss, bs))
-            pred, target = state.pred.detach(), state.yb
-            for sums, metric in zip(self._metric_sums, self.learn.metrics, strict=True):
-                sums.append((metric(pred, *target).detach(), bs))
+            if self._metric_sums:
+                pred = state.pred.detach()
+                for sums, metric in zip(self._metric_sums, self.learn.metrics, strict=True):
+                    sums.append((metric(pred, *target).detach(), bs))
 
     def after_epoch(self) -> None:
-        row = [self._train_mean(), _weighted_mean(self._valid)]
+        self._flush()  # chunks end with epochs, so the epoch's mean reads whole chunks
+        n_train = self._n_losses - self._epoch_first_loss
+        row = [self._last_losses(n_train).float().mean() if n_train else None]
+        row.append(_weighted_mean(self._valid))
         row += [_weighted_mean(sums) for sums in self._metric_sums]
-        on_host = torch.stack([v.float().cpu() for v in row]).tolist()  # one transfer an epoch
-        self.values.append(on_host)
+        self.values.append(_to_host(row))
         self.times.append(time.perf_counter() - self._epoch_start)
 
-    def _train_mean(self) -> torch.Tensor:
-        if self._n_losses == self._epoch_first_loss:
-            return torch.tensor(math.nan)
-        return self.loss_tensor()[self._epoch_first_loss :].float().mean()
+    @property
+    def _n_losses(self) -> int:
+        return self._n_chunked + len(self._recent)
+
+    def _flush(self) -> None:
+        """Stack the 0-d losses of ``_recent`` into one chunk."""
+        if self._recent:
+            self._chunks.append(torch.stack(self._recent))
+            self._n_chunked += len(self._recent)
+            self._recent = []
+
+    def _last_losses(self, n: int) -> torch.Tensor:
+        """The last ``n`` (>= 1) recorded losses, as one 1-D tensor."""
+        parts: list[torch.Tensor] = []
+        if self._recent:
+            latest = self._recent[-n:]
+            parts.append(torch.stack(latest))
+            n -= len(latest)
+        for chunk in reversed(self._chunks):
+            if n <= 0:
+                break
+            size = chunk.shape[0]
+            parts.append(chunk if size <= n else chunk[-n:])
+            n -= size
+        return parts[0] if len(parts) == 1 else torch.cat(parts[::-1])
 
     def _smooth_loss(self) -> torch.Tensor:
-        if self._pending:
-            values = torch.stack(self._pending).float()
-            k, beta = len(self._pending), self.beta
+        k = self._n_losses - self._ema_count  # losses recorded since the last read
+        if k:
+            values = self._last_losses(k).float()
+            beta = self.beta
             powers = torch.arange(k - 1, -1, -1, dtype=values.dtype, device=values.device)
             folded = (1 - beta) * (beta**powers * values).sum()
             self._ema = folded if self._ema is None else folded + beta**k * self._ema
             self._ema_count += k
-            self._pending = []
         if self._ema is None:
-            raise RuntimeError("smooth_loss is available after the first recorded training batch")
+            raise UnsetFieldError(
+                "smooth_loss has no value yet: it is set from the first recorded training "
+                "batch on (a batch cancelled before its backward pass is not recorded)"
+            )
         return self._ema / (1 - self.beta**self._ema_count)
 
     def plot_loss(self, path: str | Path, *, skip_start: int = 0, with_valid: bool = True) -> None:
@@ -186,12 +243,22 @@ class Recorder(Callback):
         plot_losses(self, path, skip_start=skip_start, with_valid=with_valid)
 
 
-def _weighted_mean(items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
+def _to_host(row: Sequence[torch.Tensor | None]) -> list[float]:
+    """The values of ``row`` as floats, in one transfer; ``None`` (nothing to average) is nan."""
+    present = [value.float().cpu() for value in row if value is not None]
+    # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
+    floats = cast("list[float]", torch.stack(present).tolist()) if present else []  # pyright: ignore[reportUnknownMemberType]
+    found = iter(floats)
+    return [math.nan if value is None else next(found) for value in row]
+
+
+def _weighted_mean(items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
     if not items:
-        return torch.tensor(math.nan)
-    total = sum(n for _, n in items)
-    weighted = torch.stack([value.float() * n for value, n in items]).sum()
-    return weighted / total
+        return None
+    values = torch.stack([value for value, _ in items]).float()
+    sizes = [n for _, n in items]
+    weights = torch.tensor(sizes, dtype=values.dtype, device=values.device)
+    return (values * weights).sum() / sum(sizes)
 
 
 def _interactive(stream: TextIO) -> bool:
@@ -213,7 +280,7 @@ class ProgressCallback(Callback):
         table: Print a row of values after each epoch: ``None`` follows ``show``.
     """
 
-    run_after = Recorder
+    run_after: ClassVar[SubscriberClasses] = Recorder
 
     def __init__(self, show: bool | None = None, table: bool | None = None) -> None:
         self.show = show
@@ -243,7 +310,12 @@ class ProgressCallback(Callback):
     def after_batch(self) -> None:
         bar = self._batch_bar
         if bar is not None and bar.update(1) and self.training:
-            bar.set_postfix(loss=f"{self.smooth_loss.item():.4f}", refresh=False)
+            try:
+                smooth_loss = self.smooth_loss
+            except UnsetFieldError:  # every batch so far was cancelled (gradient accumulation)
+                return
+            # types-tqdm leaves set_postfix's **kwargs untyped.
+            bar.set_postfix(loss=f"{smooth_loss.item():.4f}", refresh=False)  # pyright: ignore[reportUnknownMemberType]
 
     def after_train(self) -> None:
         self._close_batch_bar()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .._callback import Callback
+from .._hooks import SubscriberClasses
 from .._signals import CancelFitException
 from ._core import Recorder
 
@@ -18,7 +21,7 @@ class TerminateOnNaNCallback(Callback):
     reads one value from the device per training batch: the price of stopping at once.
     """
 
-    run_before = Recorder
+    run_before: ClassVar[SubscriberClasses] = Recorder
 
     def after_batch(self) -> None:
         if self.training and not bool(torch.isfinite(self.loss).all()):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -46,19 +46,21 @@ class RNNRegularizer(Callback):
     """
 
     def __init__(self, alpha: float = 0.0, beta: float = 0.0) -> None:
-        self.alpha, self.beta = alpha, beta
+        self.alpha: float = alpha
+        self.beta: float = beta
         self.raw_out: Sequence[torch.Tensor] = ()
         self.out: Sequence[torch.Tensor] = ()
 
     def after_pred(self) -> None:
-        pred: Any = self.pred
-        if not isinstance(pred, tuple | list) or len(pred) != 3:
+        pred: Any = self.pred  # (out, raw_outs, outs) here, not the Tensor it is typed as
+        parts = cast("Sequence[Any]", pred) if isinstance(pred, tuple | list) else None
+        if parts is None or len(parts) != 3:
             raise TypeError(
                 "RNNRegularizer needs a model returning (out, raw_outs, outs); "
-                f"got {type(pred).__qualname__}"
+                f"got {type(self.pred).__qualname__}"
             )
-        self.raw_out, self.out = pred[1], pred[2]
-        self.learn.pred = pred[0]
+        self.raw_out, self.out = parts[1], parts[2]
+        self.learn.pred = parts[0]
 
     def after_loss(self) -> None:
         if not self.training:

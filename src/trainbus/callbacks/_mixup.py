@@ -1,0 +1,157 @@
+"""MixUp: train on convex combinations of pairs of samples and of their losses."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from .._callback import Callback
+
+__all__ = ["MixUp"]
+
+LossFunc = Callable[..., torch.Tensor]
+
+
+class MixUp(Callback):
+    """MixUp (Zhang et al., 2018) for training batches; validation is left untouched.
+
+    At ``begin_batch`` of each training batch of ``bs`` samples it draws, from the global
+    torch RNG, ``lam = Beta(alpha, alpha).sample((bs,))`` and keeps ``max(lam, 1 - lam)``
+    (so each mixed sample is closest to its own original, as in fastai), then a
+    permutation ``perm = torch.randperm(bs)``. Every input becomes
+    ``torch.lerp(x[perm], x, lam)``, i.e. ``lam * x + (1 - lam) * x[perm]`` per sample.
+
+    For the fit, ``learn.loss_func`` is replaced by a wrapper (restored at ``after_fit``,
+    also when the fit is cancelled or fails). In training it computes per-sample losses
+    against the original targets ``yb`` and the partners' targets :attr:`yb1`
+    (``y[perm]``), mixes them as ``lam * loss(yb) + (1 - lam) * loss(yb1)`` and reduces
+    them as the original loss function does (mean, sum, or batchmean). In validation it calls the
+    original loss function. Per-sample losses come from a copy of a loss module with
+    ``reduction="none"`` (``nn.CrossEntropyLoss``, ...) or from calling a loss function
+    with ``reduction="none"`` (``torch.nn.functional.cross_entropy``, ...).
+
+    Args:
+        alpha: Concentration of the Beta distribution of ``lam`` (larger mixes more).
+
+    Attributes:
+        lam: This batch's mixing weights, shape ``(bs,)`` (``None`` outside a training
+            batch).
+        perm: This batch's partner indices (``None`` outside a training batch).
+        yb1: The partners' targets, ``tuple(y[perm] for y in yb)``.
+    """
+
+    def __init__(self, alpha: float = 0.4) -> None:
+        if not _is_number(alpha) or not 0 < alpha < math.inf:
+            raise ValueError(f"MixUp alpha must be a positive finite number, got {alpha!r}")
+        self.alpha: float = float(alpha)
+        concentration = torch.tensor(self.alpha)
+        self._distribution = torch.distributions.Beta(concentration, concentration)
+        self.lam: torch.Tensor | None = None
+        self.perm: torch.Tensor | None = None
+        self.yb1: tuple[torch.Tensor, ...] = ()
+        self._original: LossFunc | None = None
+        self._per_sample: LossFunc | None = None
+        self._reduction = "mean"
+        self._wrapper: LossFunc = self._mixed_loss
+
+    @override
+    def begin_fit(self) -> None:
+        original = self.loss_func
+        self._per_sample, self._reduction = _per_sample_loss(original)
+        self._original = original
+        self.learn.loss_func = self._wrapper
+
+    @override
+    def begin_batch(self) -> None:
+        if not self.training:
+            return
+        xb, yb = self.xb, self.yb
+        bs = len(xb[0])
+        lam = self._distribution.sample((bs,))
+        lam = torch.maximum(lam, 1 - lam)
+        perm = torch.randperm(bs)
+        mixed: list[torch.Tensor] = []
+        for i, x in enumerate(xb):
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"MixUp mixes inputs linearly, so they must be floating point; xb[{i}] "
+                    f"has dtype {x.dtype}"
+                )
+            perm_x = perm.to(x.device)
+            mixed.append(torch.lerp(x[perm_x], x, _per_row(lam.to(x), x.dim())))
+        self.lam, self.perm = lam, perm
+        self.yb1 = tuple(y[perm.to(y.device)] for y in yb)
+        self.learn.xb = tuple(mixed)
+
+    @override
+    def after_batch(self) -> None:
+        self.lam, self.perm, self.yb1 = None, None, ()
+
+    @override
+    def after_fit(self) -> None:
+        self._restore()
+
+    @override
+    def on_exception(self, error: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        original, self._original = self._original, None
+        self.lam, self.perm, self.yb1 = None, None, ()
+        if original is not None and self.learn.loss_func is self._wrapper:
+            self.learn.loss_func = original
+
+    def _mixed_loss(self, pred: torch.Tensor, *yb: torch.Tensor) -> torch.Tensor:
+        original, per_sample, lam = self._original, self._per_sample, self.lam
+        if original is None or per_sample is None:
+            raise RuntimeError("MixUp's loss function was called outside the fit it wraps")
+        if lam is None or not self.training:
+            return original(pred, *yb)
+        try:
+            loss = per_sample(pred, *yb)
+            loss_shuffled = per_sample(pred, *self.yb1)
+        except TypeError as error:
+            raise TypeError(
+                "MixUp needs per-sample losses: loss_func must be a loss module with a "
+                "`reduction` attribute, or a function accepting reduction='none' (as the "
+                "torch.nn.functional losses do)"
+            ) from error
+        if loss.dim() == 0 or loss.shape[0] != lam.shape[0]:
+            raise ValueError(
+                f"MixUp needs one loss per sample from loss_func with reduction='none'; got "
+                f"shape {tuple(loss.shape)} for a batch of {lam.shape[0]}"
+            )
+        mixed = torch.lerp(loss_shuffled, loss, _per_row(lam.to(loss), loss.dim()))
+        reduction = self._reduction
+        if reduction == "none":
+            return mixed
+        if reduction == "sum":
+            return mixed.sum()
+        if reduction == "batchmean":  # nn.KLDivLoss
+            return mixed.sum() / lam.shape[0]
+        return mixed.mean()
+
+
+def _per_row(weights: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``weights`` of shape ``(bs,)`` viewed as ``(bs, 1, ..., 1)`` with ``ndim`` dims."""
+    return weights.view(-1, *([1] * (ndim - 1)))
+
+
+def _per_sample_loss(loss_func: LossFunc) -> tuple[LossFunc, str]:
+    """A version of ``loss_func`` without reduction, and the reduction it had."""
+    reduction: object = getattr(loss_func, "reduction", None)
+    if isinstance(loss_func, nn.Module) and isinstance(reduction, str):
+        unreduced = copy.copy(loss_func)  # the user's module is left as it is
+        setattr(unreduced, "reduction", "none")  # noqa: B010 (not declared on nn.Module)
+        return unreduced, reduction
+    return functools.partial(loss_func, reduction="none"), "mean"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
