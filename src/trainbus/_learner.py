@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from ._bus import EventBus
-from ._callback import Callback, StateView, state_write_error
+from ._callback import Callback, state_write_error
 from ._data import DataLoaders
 from ._events import Event, Stage
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
+from ._views import StateWriter
 from .callbacks._core import ProgressCallback, Recorder, TrainEvalCallback
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def _positive_float(name: str, value: object) -> float:
 
 
 @final
-class Learner(StateView):
+class Learner(StateWriter):
     """Trains ``model`` on ``dls``: the loop of the tensor math, publishing events.
 
     Args:
@@ -380,116 +381,6 @@ class Learner(StateView):
             values.pop("loss", None)
             run(_BATCH, one_batch)
         state.drop_batch()  # no batch is in flight in after_train / after_validate
-
-    # ------------------------------------------------ state writes from callbacks
-
-    @property
-    def model(self) -> nn.Module:
-        """The model being trained."""
-        return self.state.model
-
-    @model.setter
-    def model(self, value: nn.Module) -> None:
-        self.state.model = value
-
-    @property
-    def loss_func(self) -> Callable[..., torch.Tensor]:
-        """``loss = loss_func(pred, *yb)``."""
-        return self.state.loss_func
-
-    @loss_func.setter
-    def loss_func(self, value: Callable[..., torch.Tensor]) -> None:
-        self.state.loss_func = value
-
-    @property
-    def opt(self) -> torch.optim.Optimizer:
-        """The optimizer."""
-        return self.state.opt
-
-    @opt.setter
-    def opt(self, value: torch.optim.Optimizer) -> None:
-        self.state.opt = value
-
-    @property
-    def opt_func(self) -> Callable[..., torch.optim.Optimizer]:
-        """Makes the optimizer: ``opt_func(params, lr=lr)``."""
-        return self.state.opt_func
-
-    @opt_func.setter
-    def opt_func(self, value: Callable[..., torch.optim.Optimizer]) -> None:
-        self.state.opt_func = value
-
-    @property
-    def xb(self) -> tuple[torch.Tensor, ...]:
-        """The batch's inputs; assign a tuple of tensors to change what the model sees."""
-        return self.state.xb
-
-    @xb.setter
-    def xb(self, value: tuple[torch.Tensor, ...]) -> None:
-        self.state.xb = value
-
-    @property
-    def yb(self) -> tuple[torch.Tensor, ...]:
-        """The batch's targets."""
-        return self.state.yb
-
-    @yb.setter
-    def yb(self, value: tuple[torch.Tensor, ...]) -> None:
-        self.state.yb = value
-
-    @property
-    def pred(self) -> torch.Tensor:
-        """``model(*xb)``; assign to change what the loss sees."""
-        return self.state.pred
-
-    @pred.setter
-    def pred(self, value: torch.Tensor) -> None:
-        self.state.pred = value
-
-    @property
-    def loss(self) -> torch.Tensor:
-        """The loss; assign to change what is back-propagated."""
-        return self.state.loss
-
-    @loss.setter
-    def loss(self, value: torch.Tensor) -> None:
-        self.state.loss = value
-
-    @property
-    def train_iter(self) -> int:
-        """Training batches done since begin_fit."""
-        return self.state.train_iter
-
-    @train_iter.setter
-    def train_iter(self, value: int) -> None:
-        self.state.train_iter = value
-
-    @property
-    def pct_train(self) -> float:
-        """Fraction of the fit's training done, 0.0..1.0."""
-        return self.state.pct_train
-
-    @pct_train.setter
-    def pct_train(self, value: float) -> None:
-        self.state.pct_train = value
-
-    @property
-    def training(self) -> bool:
-        """True in the training phase."""
-        return self.state.training
-
-    @training.setter
-    def training(self, value: bool) -> None:
-        self.state.training = value
-
-    @property
-    def smooth_loss(self) -> torch.Tensor:
-        """Exponentially averaged training loss."""
-        return self.state.smooth_loss
-
-    @smooth_loss.setter
-    def smooth_loss(self, value: torch.Tensor) -> None:
-        self.state.smooth_loss = value
 
     if not TYPE_CHECKING:  # invisible to type checkers, which report these themselves
 
