@@ -7,6 +7,8 @@ from typing import Any, Protocol, final, runtime_checkable
 
 import torch
 
+from ._checks import checked_int
+
 __all__ = ["BatchSource", "DataLoaders", "TensorBatches"]
 
 
@@ -61,7 +63,7 @@ class TensorBatches:
                 f"sample); got shapes {shapes}"
             )
         self.tensors: tuple[torch.Tensor, ...] = tensors
-        self.bs: int = _batch_size("bs", bs)
+        self.bs: int = checked_int("bs", bs)
         self.shuffle: bool = shuffle
         self.drop_last: bool = drop_last
         self.generator: torch.Generator | None = generator
@@ -128,18 +130,11 @@ class DataLoaders:
             shuffle: Shuffle the training set every epoch (validation is never shuffled).
             seed: Seed of the shuffling, for reproducible runs.
         """
-        bs = _batch_size("bs", bs)
-        valid_bs = 2 * bs if valid_bs is None else _batch_size("valid_bs", valid_bs)
+        bs = checked_int("bs", bs)
+        valid_bs = 2 * bs if valid_bs is None else checked_int("valid_bs", valid_bs)
         generator = None
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
         train_batches = TensorBatches(train, bs=bs, shuffle=shuffle, generator=generator)
         valid_batches = None if valid is None else TensorBatches(valid, bs=valid_bs)
         return cls(train_batches, valid_batches)
-
-
-def _batch_size(name: str, value: object) -> int:
-    # Checked although annotated: callers without a type checker exist.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value

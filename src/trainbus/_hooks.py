@@ -160,8 +160,15 @@ def hooks_of(cls: type[Subscriber]) -> tuple[Event, ...]:
 
 
 def ordering_classes(spec: SubscriberClasses) -> tuple[type[Subscriber], ...]:
-    """``run_before``/``run_after`` as a tuple of classes."""
-    return (spec,) if isinstance(spec, type) else tuple(spec)
+    """``run_before``/``run_after`` as a tuple of classes (checked by :func:`hooks_of`)."""
+    return cast("tuple[type[Subscriber], ...]", _as_items(spec))
+
+
+def _as_items(spec: object) -> tuple[object, ...]:
+    """One class, or a collection of them, as a tuple."""
+    if isinstance(spec, Collection) and not isinstance(spec, str | bytes | type):
+        return tuple(cast("Collection[object]", spec))
+    return (spec,)
 
 
 def _is_subscriber_class(item: object) -> bool:
@@ -170,11 +177,7 @@ def _is_subscriber_class(item: object) -> bool:
 
 def _check_ordering(cls: type[Subscriber]) -> None:
     for attribute in ("run_before", "run_after"):
-        spec: object = getattr(cls, attribute)
-        items: tuple[object, ...] = (spec,)
-        if isinstance(spec, Collection) and not isinstance(spec, str | bytes | type):
-            items = tuple(cast("Collection[object]", spec))
-        wrong = [c for c in items if not _is_subscriber_class(c)]
+        wrong = [c for c in _as_items(getattr(cls, attribute)) if not _is_subscriber_class(c)]
         if wrong:
             raise HookError(
                 f"{cls.__qualname__}.{attribute} must be a Callback class or a collection of "

@@ -12,6 +12,7 @@ from torch import nn
 
 from ._bus import EventBus
 from ._callback import Callback, state_write_error
+from ._checks import checked_int
 from ._data import DataLoaders
 from ._events import Event, Stage
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
@@ -133,8 +134,7 @@ class Learner(StateWriter):
             raise TypeError(f"dls must be trainbus.DataLoaders, got {type(dls).__qualname__}")
         if not callable(loss_func):
             raise TypeError(f"loss_func must be callable, got {type(loss_func).__qualname__}")
-        if isinstance(n_inp, bool) or not isinstance(n_inp, int) or n_inp < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise ValueError(f"n_inp must be a positive int, got {n_inp!r}")
+        checked_int("n_inp", n_inp)
         lr = _positive_float("lr", lr)
         metrics = list(metrics or ())
         for metric in metrics:
@@ -255,8 +255,7 @@ class Learner(StateWriter):
             lr: If given, the learning rate of every parameter group from now on.
             cbs: Callbacks for this fit only: removed when it returns or raises.
         """
-        if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise ValueError(f"n_epoch must be a non-negative int, got {n_epoch!r}")
+        checked_int("n_epoch", n_epoch, 0, what="a non-negative int")
         if lr is not None:
             lr = _positive_float("lr", lr)
             for group in self.opt.param_groups:

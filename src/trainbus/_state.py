@@ -168,11 +168,11 @@ class TrainingState(pydantic.BaseModel):
     # costs no tensor work per batch.
     _providers: dict[str, Callable[[], object]] = pydantic.PrivateAttr(default_factory=dict)
 
-    # The ignores below: pyright types a pydantic model's __dict__ as a read-only
-    # mappingproxy (pyright#11548); it is the instance's dict.
+    # vars(self), not self.__dict__: pyright types a pydantic model's __dict__ as a
+    # read-only mappingproxy (pyright#11548), though it is the instance's dict.
     def model_post_init(self, context: Any, /) -> None:
         for name in _AVAILABLE_FROM:
-            self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+            vars(self).pop(name, None)
 
     @property
     def callbacks(self) -> tuple[Callback, ...]:
@@ -191,7 +191,7 @@ class TrainingState(pydantic.BaseModel):
 
     def set_trusted(self, name: FieldName, value: object) -> None:
         """Write a field without validation: for the loop and built-in callbacks only."""
-        self.__dict__[name] = value  # pyright: ignore[reportIndexIssue]
+        vars(self)[name] = value
 
     def provide(self, name: FieldName, provider: Callable[[], object] | None) -> None:
         """Compute ``name`` with ``provider()`` when it is read and has no value.
@@ -203,16 +203,16 @@ class TrainingState(pydantic.BaseModel):
             self._providers.pop(name, None)
         else:
             self._providers[name] = provider
-        self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+        vars(self).pop(name, None)
 
     def invalidate(self, name: FieldName) -> None:
         """Forget the value of ``name`` so its provider computes it again on the next read."""
-        self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+        vars(self).pop(name, None)
 
     def drop_batch(self) -> None:
         """Forget the last batch's tensors (inputs, targets, prediction, loss)."""
         for name in BATCH_FIELDS:
-            self.__dict__.pop(name, None)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+            vars(self).pop(name, None)
 
     if not TYPE_CHECKING:  # invisible to type checkers: an unknown name stays a type error
 
@@ -220,7 +220,7 @@ class TrainingState(pydantic.BaseModel):
             if name in _AVAILABLE_FROM:
                 provider = self._providers.get(name)
                 if provider is not None:
-                    value = self.__dict__[name] = provider()
+                    value = vars(self)[name] = provider()
                     return value
                 raise UnsetFieldError(
                     f"TrainingState.{name} has no value here: it is set from "
@@ -230,7 +230,7 @@ class TrainingState(pydantic.BaseModel):
             return super().__getattr__(name)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        return [(k, v) for k, v in super().__repr_args__() if k in self.__dict__]
+        return [(k, v) for k, v in super().__repr_args__() if k in vars(self)]
 
 
 def _single(batch: tuple[torch.Tensor, ...], name: str, field: str) -> torch.Tensor:

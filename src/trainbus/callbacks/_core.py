@@ -312,7 +312,7 @@ class ProgressCallback(Callback):
         if bar is not None and bar.update(1) and self.training:
             try:
                 smooth_loss = self.smooth_loss
-            except UnsetFieldError:  # every batch so far was cancelled (gradient accumulation)
+            except UnsetFieldError:  # every batch so far was cancelled before its backward pass
                 return
             # types-tqdm leaves set_postfix's **kwargs untyped.
             bar.set_postfix(loss=f"{smooth_loss.item():.4f}", refresh=False)  # pyright: ignore[reportUnknownMemberType]

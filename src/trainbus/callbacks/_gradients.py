@@ -10,6 +10,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checks import checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelBatchException
 from ._precision import MixedPrecision
@@ -45,9 +46,7 @@ class GradientAccumulation(Callback):
     order = 10
 
     def __init__(self, n_acc: int = 32) -> None:
-        if not _is_int(n_acc) or n_acc < 1:
-            raise ValueError(f"GradientAccumulation n_acc must be a positive int, got {n_acc!r}")
-        self.n_acc = n_acc
+        self.n_acc: int = checked_int("GradientAccumulation n_acc", n_acc)
         self.count: int = 0
         self._weighted_loss: torch.Tensor | None = None
         self._bs = 0
@@ -147,10 +146,6 @@ def _scale_grads(opt: torch.optim.Optimizer, factor: float) -> None:
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(factor)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: object) -> bool:

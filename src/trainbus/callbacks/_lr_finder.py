@@ -12,6 +12,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checks import checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException, CancelValidException
 from ._core import Recorder, TrainEvalCallback
@@ -148,12 +149,6 @@ def _cpu_copy(value: object) -> object:
     return value
 
 
-def _check_num_it(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(f"LRFinder num_it must be an int >= 2, got {value!r}")
-    return value
-
-
 class LRFinder(Callback):
     """Trains with a learning rate growing geometrically per batch, recording the loss.
 
@@ -191,7 +186,7 @@ class LRFinder(Callback):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"LRFinder beta must be in [0, 1), got {beta!r}")
         self.schedule: Final = SchedExp(start_lr, end_lr)
-        self.num_it: Final = _check_num_it(num_it)
+        self.num_it: Final = checked_int("LRFinder num_it", num_it, 2)
         self.stop_div: Final = stop_div
         self.beta: Final = beta
         self.lrs: list[float] = []

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._checks import checked_int
+
 if TYPE_CHECKING:
     from ._core import Recorder
     from ._schedule import Schedule
@@ -48,11 +50,6 @@ def _save(fig: _Figure, path: str | os.PathLike[str]) -> None:
     fig.savefig(os.fspath(path), format="png", dpi=100)
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def plot_losses(
     recorder: Recorder, path: str | os.PathLike[str], *, skip_start: int, with_valid: bool
 ) -> None:
@@ -64,7 +61,7 @@ def plot_losses(
     Raises:
         ValueError: Nothing was recorded, or ``skip_start`` leaves no batch to draw.
     """
-    _check_int("skip_start", skip_start, 0)
+    checked_int("skip_start", skip_start, 0)
     losses = recorder.losses
     if not losses:
         raise ValueError("plot_loss: the Recorder holds no training loss yet; call fit first")
@@ -158,7 +155,7 @@ def plot_schedule(
     """
     if not scheds:
         raise ValueError("plot_schedule needs at least one schedule")
-    _check_int("n_points", n_points, 2)
+    checked_int("n_points", n_points, 2)
     pos = [i / (n_points - 1) for i in range(n_points)]
     series = {name: (pos, [sched(p) for p in pos]) for name, sched in scheds.items()}
     _panels(series, "pos (fraction of training)", path)

@@ -14,6 +14,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checks import checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException
 from ._core import Recorder
@@ -40,16 +41,6 @@ def _require(ok: object, owner: str, name: str, what: str, value: object) -> Non
 
 def _name(value: object) -> bool:
     return isinstance(value, str) and value != ""
-
-
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_int(owner: str, name: str, value: int) -> int:
-    ok = _int(value) and value >= 1
-    _require(ok, owner, name, "a positive int", value)
-    return value
 
 
 class TrackerCallback(Callback):
@@ -280,7 +271,7 @@ class ReduceLROnPlateau(TrackerCallback):
         reset_on_fit: bool = True,
     ) -> None:
         super().__init__(monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
-        self.patience: int = _positive_int("ReduceLROnPlateau", "patience", patience)
+        self.patience: int = checked_int("ReduceLROnPlateau patience", patience)
         owner = "ReduceLROnPlateau"
         _require(_number(factor) and factor > 1, owner, "factor", "greater than 1", factor)
         _require(_number(min_lr) and min_lr >= 0, owner, "min_lr", ">= 0", min_lr)
@@ -334,7 +325,7 @@ class EarlyStoppingCallback(TrackerCallback):
         reset_on_fit: bool = True,
     ) -> None:
         super().__init__(monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
-        self.patience: int = _positive_int("EarlyStoppingCallback", "patience", patience)
+        self.patience: int = checked_int("EarlyStoppingCallback patience", patience)
         self.wait: int = 0
         self.stopped_epoch: int | None = None
 
