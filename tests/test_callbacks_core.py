@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -303,6 +304,27 @@ def test_progress_shows_bars_and_a_table(capsys: pytest.CaptureFixture[str]) -> 
         assert cells[1:3] == [f"{v:.6f}" for v in values]
         assert re.fullmatch(r"\d\d:\d\d", cells[3])
     assert len(lines) == 3
+
+
+@pytest.mark.parametrize("show", [True, False])
+@pytest.mark.parametrize("fails", [False, True])
+def test_progress_advances_its_bar_only_in_the_fits_it_shows(show: bool, fails: bool) -> None:
+    learn = tiny_learner()
+    learn.remove_cb(learn.get_cb(ProgressCallback))
+    learn.add_cb(ProgressCallback(show=show, table=False))
+    seen: list[bool] = []
+
+    def during_fit(learn: Learner) -> None:
+        seen.append("ProgressCallback._advance_bar" in learn.bus.describe())
+        if fails:
+            raise ZeroDivisionError
+
+    learn.subscribe(Event.begin_train, during_fit)
+    with pytest.raises(ZeroDivisionError) if fails else contextlib.nullcontext():
+        learn.fit(1)
+    assert seen == [show]
+    assert "_advance_bar" not in learn.bus.describe()  # unsubscribed however the fit ended
+    assert len(learn.bus.handlers(Event.after_batch)) == 2  # TrainEvalCallback, Recorder
 
 
 def test_progress_table_without_bars(capsys: pytest.CaptureFixture[str]) -> None:

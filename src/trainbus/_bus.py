@@ -6,8 +6,7 @@ The bus knows nothing about tensors or the Learner: any loop can drive it by han
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, final
 
 import attrs
@@ -23,6 +22,8 @@ Handler = Callable[[], object]
 """What the bus calls for an event: a bound hook, or a plain function of no arguments."""
 
 _NOTE_PREFIX: Final = "trainbus: raised in "
+
+_ONCE: Final = (None,)  # run() is run_each() over one item
 
 
 @attrs.frozen(eq=False)
@@ -81,20 +82,23 @@ class EventBus:
     __slots__ = (
         "_active",
         "_entries",
+        "_live",
         "_next_seq",
         "_ordered",
         "_stack",
         "_table",
-        "_view",
         "cancelled_in",
     )
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self._entries: list[_Entry] = []
         self._ordered: tuple[_Entry, ...] = ()
-        # Updated in place, never replaced, so that a reference to it (or to _view) stays live.
+        # What dispatch iterates: a tuple an event, so a handler that changes the
+        # subscribers cannot disturb the dispatch it runs in.
         self._table: dict[Event, tuple[Handler, ...]] = {event: () for event in Event}
-        self._view: Mapping[Event, tuple[Handler, ...]] = MappingProxyType(self._table)
+        # The same handlers in lists that are updated in place, never replaced, so that a
+        # loop can keep one and test its truth (see live_handlers).
+        self._live: dict[Event, list[Handler]] = {event: [] for event in Event}
         # Stages whose body is running, outermost first: a signal is legal only for these.
         self._stack: list[Stage] = []
         # Whether an outermost run is in progress (its handler releases subscribers on error).
@@ -173,13 +177,13 @@ class EventBus:
         """What ``event`` calls, in order."""
         return self._table[_as_event(event)]
 
-    @property
-    def table(self) -> Mapping[Event, tuple[Handler, ...]]:
-        """Every event's handlers, in order: a live read-only view, current at every read.
+    def live_handlers(self, event: Event) -> Sequence[Handler]:
+        """What ``event`` calls, in order, as a sequence kept current in place.
 
-        A loop can keep it and skip :meth:`emit` for events nobody hears.
+        A loop can keep it and test its truth to skip :meth:`emit` for an event nobody
+        hears, at the cost of a local read. It must not be modified.
         """
-        return self._view
+        return self._live[_as_event(event)]
 
     def describe(self) -> str:
         """Event by event, the subscribers that run, in order (events nobody hears omitted)."""
@@ -212,6 +216,8 @@ class EventBus:
             table[event] = tuple(h for h in handlers if h is not None)
         self._entries, self._ordered = entries, tuple(ordered)
         self._table.update(table)
+        for event, snapshot in table.items():
+            self._live[event][:] = snapshot
 
     # ------------------------------------------------------------------- dispatch
 
@@ -241,42 +247,56 @@ class EventBus:
         When an ordinary exception leaves the outermost stage, every subscriber's
         ``on_exception`` runs before it propagates.
         """
+        self.run_each(stage, _ONCE, body)
+
+    def run_each(self, stage: Stage, items: Iterable[object], body: Callable[[], object]) -> None:
+        """Run ``stage`` (see :meth:`run`) once for each item ``items`` yields.
+
+        The same as ``for _ in items: bus.run(stage, body)``, with the dispatch kept in
+        one frame for all of them: the per-batch path of a loop, where ``items`` is a
+        generator that puts the next batch into the state and yields.
+        """
         if not self._active:
-            self._run_outermost(stage, body)
+            self._run_outermost(stage, items, body)
             return
         # This runs for every batch, so the dispatch of `begin` and `after` is emit's loop
-        # written out here: it saves a call per event.
+        # written out here, behind a truth test of the live handler lists.
         stack, table = self._stack, self._table
-        stack.append(stage)
-        try:
-            for handler in table[stage.begin]:
-                try:
-                    handler()
-                except BaseException as error:
-                    replacement = self._failure(error, stage.begin, handler)
-                    if replacement is None:
-                        raise
-                    raise replacement from error
-            body()
-        except CancelException as signal:
-            stack.pop()
-            if signal.stage is not stage:
-                raise
-            self.cancelled_in = signal.event
-            self.emit(stage.after_cancel)
-        except BaseException:
-            stack.pop()
-            raise
-        else:
-            stack.pop()
-        for handler in table[stage.after]:
+        begin, after = stage.begin, stage.after
+        begin_heard, after_heard = self._live[begin], self._live[after]
+        for _ in items:
+            stack.append(stage)
             try:
-                handler()
-            except BaseException as error:
-                replacement = self._failure(error, stage.after, handler)
-                if replacement is None:
+                if begin_heard:
+                    for handler in table[begin]:
+                        try:
+                            handler()
+                        except BaseException as error:
+                            replacement = self._failure(error, begin, handler)
+                            if replacement is None:
+                                raise
+                            raise replacement from error
+                body()
+            except CancelException as signal:
+                stack.pop()
+                if signal.stage is not stage:
                     raise
-                raise replacement from error
+                self.cancelled_in = signal.event
+                self.emit(stage.after_cancel)
+            except BaseException:
+                stack.pop()
+                raise
+            else:
+                stack.pop()
+            if after_heard:
+                for handler in table[after]:
+                    try:
+                        handler()
+                    except BaseException as error:
+                        replacement = self._failure(error, after, handler)
+                        if replacement is None:
+                            raise
+                        raise replacement from error
 
     def _failure(self, error: BaseException, event: Event, handler: Handler) -> Exception | None:
         """What a dispatch raises when ``handler`` raised ``error``: ``None`` for ``error`` itself.
@@ -294,10 +314,12 @@ class EventBus:
         _annotate(error, handler, event)
         return None
 
-    def _run_outermost(self, stage: Stage, body: Callable[[], object]) -> None:
+    def _run_outermost(
+        self, stage: Stage, items: Iterable[object], body: Callable[[], object]
+    ) -> None:
         self._active = True
         try:
-            self.run(stage, body)
+            self.run_each(stage, items, body)
         except CancelException as signal:  # reached the top uncaught: raised out of place
             self._stack.clear()
             error = SignalUsageError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ._hooks import Subscriber
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS
@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from ._state import TrainingState
 
 __all__ = ["Callback", "state_write_error"]
+
+# Names a callback cannot assign on itself: the state's (read-only here) and its own.
+_NOT_ASSIGNABLE: Final = STATE_FIELDS | {"learn", "extras"}
 
 
 class Callback(Subscriber, StateView):
@@ -58,7 +61,7 @@ class Callback(Subscriber, StateView):
     if not TYPE_CHECKING:  # type checkers report these writes themselves
 
         def __setattr__(self, name: str, value: Any) -> None:
-            if name in STATE_FIELDS or name in ("learn", "extras"):
+            if name in _NOT_ASSIGNABLE:
                 raise AttributeError(state_write_error(type(self).__qualname__, name))
             object.__setattr__(self, name, value)
 

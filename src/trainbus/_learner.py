@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import torch
@@ -38,53 +39,83 @@ _AFTER_STEP: Final = Event.after_step
 _BATCH: Final = Stage.batch
 
 
-_BATCH_TYPES: Final = (tuple, list)
-
-
 def _batch_bodies(
-    state: TrainingState, bus: EventBus
-) -> tuple[Callable[[], None], Callable[[], None]]:
+    values: dict[str, Any], bus: EventBus
+) -> tuple[Callable[[], None], Callable[[], None], frozenset[CodeType]]:
     """The bodies of a training batch and of a validation batch, handed to ``bus.run``.
 
-    They run for every batch, so they are closures (no attribute reads on the Learner),
-    read the state's fields from its ``__dict__`` (the interpreter cannot specialise
-    attribute reads on a pydantic model), and skip events nobody hears. After each event
-    they read the state again: a callback may have replaced any field
-    (``self.learn.loss = ...``), and a validated write replaces the ``__dict__`` itself.
+    They run for every batch, so they are closures over the state's field dict
+    (``TrainingState.trusted_values``: no attribute reads on the Learner or on the pydantic
+    model) and over the live handler lists of their events, so an event nobody hears
+    costs a truth test. After an event is heard they read its fields again: a callback
+    may have replaced them (``self.learn.loss = ...``).
     """
-    handlers, emit = bus.table, bus.emit
+    emit = bus.emit
+    after_pred = bus.live_handlers(_AFTER_PRED)
+    after_loss = bus.live_handlers(_AFTER_LOSS)
+    after_backward = bus.live_handlers(_AFTER_BACKWARD)
+    after_step = bus.live_handlers(_AFTER_STEP)
 
     def train_batch() -> None:
-        values = vars(state)
-        values["pred"] = values["model"](*values["xb"])
-        if handlers[_AFTER_PRED]:
+        pred = values["pred"] = values["model"](*values["xb"])
+        if after_pred:
             emit(_AFTER_PRED)
-            values = vars(state)
-        values["loss"] = values["loss_func"](values["pred"], *values["yb"])
-        if handlers[_AFTER_LOSS]:
+            pred = values["pred"]
+        yb = values["yb"]
+        try:  # one target, as a rule: then the call needs no argument tuple built
+            (target,) = yb
+        except ValueError:
+            loss = values["loss"] = values["loss_func"](pred, *yb)
+        else:
+            loss = values["loss"] = values["loss_func"](pred, target)
+        if after_loss:
             emit(_AFTER_LOSS)
-            values = vars(state)
-        values["loss"].backward()
-        if handlers[_AFTER_BACKWARD]:
+            loss = values["loss"]
+        loss.backward()
+        if after_backward:
             emit(_AFTER_BACKWARD)
-            values = vars(state)
         values["opt"].step()
-        if handlers[_AFTER_STEP]:
+        if after_step:
             emit(_AFTER_STEP)
-            values = vars(state)
         values["opt"].zero_grad()
 
     def valid_batch() -> None:
-        values = vars(state)
-        values["pred"] = values["model"](*values["xb"])
-        if handlers[_AFTER_PRED]:
+        pred = values["pred"] = values["model"](*values["xb"])
+        if after_pred:
             emit(_AFTER_PRED)
-            values = vars(state)
-        values["loss"] = values["loss_func"](values["pred"], *values["yb"])
-        if handlers[_AFTER_LOSS]:
+            pred = values["pred"]
+        yb = values["yb"]
+        try:
+            (target,) = yb
+        except ValueError:
+            values["loss"] = values["loss_func"](pred, *yb)
+        else:
+            values["loss"] = values["loss_func"](pred, target)
+        if after_loss:
             emit(_AFTER_LOSS)
 
-    return train_batch, valid_batch
+    return train_batch, valid_batch, frozenset({train_batch.__code__, valid_batch.__code__})
+
+
+def _accumulator_anchors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Views of ``opt``'s trainable parameters that keep their gradient accumulators alive.
+
+    Autograd keeps a parameter's accumulator node only while a graph references it. The
+    loop drops each batch's loss before the next forward pass (a plain loop that rebinds
+    ``loss`` after it keeps the previous graph alive instead), so without another
+    reference every batch would build and free one node per parameter. A view's autograd
+    node references the accumulator from C++; the node itself is never handed to Python,
+    which would make every later lookup of it take the GIL. The fit holds these for its
+    duration (after begin_fit, which may replace the optimizer); they share the
+    parameters' storage and hold no batch tensor.
+    """
+    anchors: list[torch.Tensor] = []
+    with torch.enable_grad():
+        for group in opt.param_groups:
+            for param in group["params"]:
+                if isinstance(param, torch.Tensor) and param.requires_grad and param.is_leaf:
+                    anchors.append(param.view_as(param))
+    return anchors
 
 
 def _positive_float(name: str, value: object) -> float:
@@ -113,7 +144,16 @@ class Learner(StateWriter):
 
     # No __dict__: assigning a misspelt name (learn.los = ...) is an error, never a new
     # attribute that the loop would ignore.
-    __slots__ = ("_functions", "_train_batch", "_valid_batch", "bus", "metrics", "n_inp", "state")
+    __slots__ = (
+        "_functions",
+        "_loop_code",
+        "_train_batch",
+        "_valid_batch",
+        "bus",
+        "metrics",
+        "n_inp",
+        "state",
+    )
 
     def __init__(
         self,
@@ -152,7 +192,11 @@ class Learner(StateWriter):
         self.n_inp: Final = n_inp
         self._functions: dict[tuple[Event, Callable[[Learner], object]], Callable[[], object]] = {}
         # Bodies handed to the bus, made once rather than on every batch.
-        self._train_batch, self._valid_batch = _batch_bodies(self.state, self.bus)
+        self._train_batch, self._valid_batch, body_code = _batch_bodies(
+            self.state.trusted_values, self.bus
+        )
+        # The loop's own functions, whose frames hold batch tensors in their locals.
+        self._loop_code: Final = body_code | {Learner._batches.__code__}
         for cb in (TrainEvalCallback(), Recorder(), ProgressCallback(), *(cbs or ())):
             self.add_cb(cb)
 
@@ -270,11 +314,27 @@ class Learner(StateWriter):
                 state.set_trusted(counter, 0)
             state.set_trusted("n_epoch", n_epoch)
             self.bus.run(Stage.fit, self._all_epochs)
+        except BaseException as error:
+            self._clear_loop_frames(error.__traceback__)
+            raise
         finally:
             self.state.drop_batch()
             for cb in reversed(added):
                 if cb in self.state.cbs:
                     self.remove_cb(cb)
+
+    def _clear_loop_frames(self, traceback: TracebackType | None) -> None:
+        """Drop the locals of the loop's frames in ``traceback`` (they have returned).
+
+        They hold the batch, its prediction and its loss (with its graph, when backward
+        did not run), which the traceback would otherwise keep for as long as the
+        exception lives: in a notebook, until the next error.
+        """
+        while traceback is not None:
+            frame = traceback.tb_frame
+            if frame.f_code in self._loop_code:
+                frame.clear()
+            traceback = traceback.tb_next
 
     def fit_one_cycle(
         self,
@@ -343,9 +403,11 @@ class Learner(StateWriter):
 
     def _all_epochs(self) -> None:
         state, run, one_epoch = self.state, self.bus.run, self._one_epoch
+        anchors = _accumulator_anchors(state.opt)  # held for the fit: see there
         for epoch in range(state.n_epoch):
             state.set_trusted("epoch", epoch)
             run(Stage.epoch, one_epoch)
+        anchors.clear()
 
     def _one_epoch(self) -> None:
         dls = self.state.dls
@@ -361,25 +423,40 @@ class Learner(StateWriter):
         self.bus.run(stage, functools.partial(self._all_batches, one_batch))
 
     def _all_batches(self, one_batch: Callable[[], None]) -> None:
-        state, run, n_inp = self.state, self.bus.run, self.n_inp
-        batch: Sequence[torch.Tensor]  # what a BatchSource yields, by its contract
-        for i, batch in enumerate(state.dl):
-            if type(batch) is not tuple:
-                if not isinstance(batch, _BATCH_TYPES):
+        batches = self._batches()
+        try:
+            self.bus.run_each(_BATCH, batches, one_batch)
+        finally:
+            batches.close()  # its frame holds the last batch, however the phase ended
+        self.state.drop_batch()  # no batch is in flight in after_train / after_validate
+
+    def _batches(self) -> Generator[None, None, None]:
+        """Put each batch of the phase's loader into the state, then yield."""
+        values, n_inp = self.state.trusted_values, self.n_inp
+        pairs = n_inp == 1
+        batch: Sequence[object]  # what a BatchSource yields; untyped sources may yield anything
+        for i, batch in enumerate(values["dl"]):
+            match batch:
+                case (x, y) if pairs:  # (input, target), split without slicing
+                    values["xb"] = (x,)
+                    values["yb"] = (y,)
+                case [*_]:
+                    items = tuple(batch)
+                    values["xb"] = items[:n_inp]
+                    values["yb"] = items[n_inp:]
+                case _:
                     raise TypeError(
-                        "each batch must be a tuple or list (inputs..., targets...), got "
-                        f"{type(batch).__qualname__}"
+                        "each batch must be a sequence such as a tuple or list "
+                        f"(inputs..., targets...), got {type(batch).__qualname__}"
                     )
-                batch = tuple(batch)
-            values = vars(state)
             values["iter"] = i
-            values["xb"] = batch[:n_inp]
-            values["yb"] = batch[n_inp:]
             # The previous batch's prediction and loss are not this batch's.
-            values.pop("pred", None)
-            values.pop("loss", None)
-            run(_BATCH, one_batch)
-        state.drop_batch()  # no batch is in flight in after_train / after_validate
+            try:
+                del values["pred"], values["loss"]
+            except KeyError:  # the first batch, or one that ended before its loss
+                values.pop("pred", None)
+                values.pop("loss", None)
+            yield
 
     if not TYPE_CHECKING:  # invisible to type checkers, which report these themselves
 

@@ -164,7 +164,7 @@ class TrainingState(pydantic.BaseModel):
     smooth_loss: torch.Tensor = pydantic.Field(default=_UNSET)
     extras: Extras = pydantic.Field(default_factory=Extras)
 
-    # Fields computed on first read (Recorder's smooth_loss), so that a value nobody reads
+    # Fields computed when read (Recorder's smooth_loss), so that a value nobody reads
     # costs no tensor work per batch.
     _providers: dict[str, Callable[[], object]] = pydantic.PrivateAttr(default_factory=dict)
 
@@ -194,10 +194,10 @@ class TrainingState(pydantic.BaseModel):
         vars(self)[name] = value
 
     def provide(self, name: FieldName, provider: Callable[[], object] | None) -> None:
-        """Compute ``name`` with ``provider()`` when it is read and has no value.
+        """Compute ``name`` with ``provider()`` at every read while it has no value.
 
-        The value is kept until :meth:`invalidate` (or a write) replaces it; ``None``
-        removes the provider.
+        The state keeps nothing, so nothing goes stale: a provider that is costly to call
+        keeps its own result until its inputs change. ``None`` removes the provider.
         """
         if provider is None:
             self._providers.pop(name, None)
@@ -206,7 +206,7 @@ class TrainingState(pydantic.BaseModel):
         vars(self).pop(name, None)
 
     def invalidate(self, name: FieldName) -> None:
-        """Forget the value of ``name`` so its provider computes it again on the next read."""
+        """Forget the value of ``name``: it is unset again, or computed by its provider."""
         vars(self).pop(name, None)
 
     def drop_batch(self) -> None:
@@ -214,14 +214,36 @@ class TrainingState(pydantic.BaseModel):
         for name in BATCH_FIELDS:
             vars(self).pop(name, None)
 
+    @property
+    def trusted_values(self) -> dict[str, Any]:
+        """The fields that have a value, by name, for the loop and built-in callbacks only.
+
+        It is the instance's own dict and is never replaced, so the per-batch code fetches
+        it once and then reads and writes fields by subscript (a fraction of the cost of an
+        attribute read on a pydantic model), unvalidated like :meth:`set_trusted`.
+        Validated writes (``learn.loss = ...``) land in it too.
+        """
+        return vars(self)
+
     if not TYPE_CHECKING:  # invisible to type checkers: an unknown name stays a type error
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            # pydantic validates an assignment into a copy of __dict__ and installs the
+            # copy; the loop holds the original (see `trusted_values`), so the validated value
+            # is moved into it and the original put back. A failed validation changes
+            # neither.
+            values = vars(self)
+            super().__setattr__(name, value)
+            validated = vars(self)
+            if validated is not values:
+                values[name] = validated[name]
+                object.__setattr__(self, "__dict__", values)
 
         def __getattr__(self, name: str) -> Any:
             if name in _AVAILABLE_FROM:
                 provider = self._providers.get(name)
                 if provider is not None:
-                    value = vars(self)[name] = provider()
-                    return value
+                    return provider()
                 raise UnsetFieldError(
                     f"TrainingState.{name} has no value here: it is set from "
                     f"{_AVAILABLE_FROM[name]} on"

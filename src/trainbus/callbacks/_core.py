@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast
 
 import torch
 from tqdm import tqdm
 
+from .._bus import EventBus
 from .._callback import Callback
 from .._events import Event
 from .._hooks import SubscriberClasses
@@ -18,8 +19,6 @@ from .._state import UnsetFieldError
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from .._state import TrainingState
 
 __all__ = ["ProgressCallback", "Recorder", "TrainEvalCallback"]
 
@@ -39,11 +38,16 @@ class TrainEvalCallback(Callback):
     # or `pct_train`, and must see this event's values.
     order = -100
 
-    # The learner's state, kept at begin_fit: the per-batch hook reads it directly.
-    _fit_state: TrainingState
+    # Kept for the per-batch hook: the state's field dict (at begin_fit), and (at
+    # begin_train) the training batches done in the fit after this epoch's first one and
+    # in the whole fit: pct_train = (epoch * n_iter + iter + 1) / (n_epoch * n_iter).
+    _values: dict[str, Any]
+    _done_after_first: int
+    _total: int
 
     def begin_fit(self) -> None:
-        state = self._fit_state = self.learn.state
+        state = self.learn.state
+        self._values = state.trusted_values
         state.set_trusted("train_iter", 0)
         state.set_trusted("pct_train", 0.0)
         state.set_trusted("training", False)
@@ -53,15 +57,15 @@ class TrainEvalCallback(Callback):
         state.model.train()
         state.set_trusted("training", True)
         state.set_trusted("pct_train", state.epoch / state.n_epoch)
+        self._done_after_first = state.epoch * state.n_iter + 1
+        self._total = state.n_epoch * state.n_iter
 
     def after_batch(self) -> None:
         # Runs for every batch: plain dict reads and trusted writes, no method calls.
-        values = vars(self._fit_state)
+        values = self._values
         if values["training"]:
             values["train_iter"] += 1
-            n_iter = values["n_iter"]
-            done = values["epoch"] * n_iter + values["iter"] + 1
-            values["pct_train"] = done / (values["n_epoch"] * n_iter)
+            values["pct_train"] = (self._done_after_first + values["iter"]) / self._total
 
     def begin_validate(self) -> None:
         state = self.learn.state
@@ -105,14 +109,15 @@ class Recorder(Callback):
         self._n_chunked = 0  # losses in _chunks
         self._ema: torch.Tensor | None = None
         self._ema_count = 0  # losses folded into _ema
+        self._smooth: torch.Tensor | None = None  # the debiased _ema, once computed
         self._valid: list[tuple[torch.Tensor, int]] = []
         self._metric_sums: list[list[tuple[torch.Tensor, int]]] = []
         self._epoch_first_loss = 0
         self._epoch_start = 0.0
         self._cancelled = False
 
-    # The learner's state, kept at begin_fit: the per-batch hooks read it directly.
-    _fit_state: TrainingState
+    # The state's field dict, kept at begin_fit: the per-batch hook reads it directly.
+    _values: dict[str, Any]
 
     @property
     def metric_names(self) -> list[str]:
@@ -136,12 +141,13 @@ class Recorder(Callback):
         return self._chunks[0]
 
     def begin_fit(self) -> None:
-        self._fit_state = self.learn.state
+        state = self.learn.state
+        self._values = state.trusted_values
         self.lrs, self.values, self.times = [], [], []
         self._chunks, self._recent, self._n_chunked = [], [], 0
-        self._ema, self._ema_count = None, 0
+        self._ema, self._ema_count, self._smooth = None, 0, None
         self._cancelled = False
-        self._fit_state.provide("smooth_loss", self._smooth_loss)
+        state.provide("smooth_loss", self._smooth_loss)
 
     def begin_epoch(self) -> None:
         self._epoch_first_loss = self._n_losses
@@ -149,34 +155,34 @@ class Recorder(Callback):
         self._valid = []
         self._metric_sums = [[] for _ in self.learn.metrics]
 
-    def begin_batch(self) -> None:
-        if self._cancelled:  # only then: an attribute write costs more than this test
-            self._cancelled = False
-
     def after_cancel_batch(self) -> None:
         # A batch cancelled after its backward pass (gradient accumulation) trained the
-        # model with its loss: it is recorded. One cancelled earlier is not.
+        # model with its loss: it is recorded. One cancelled earlier is not. The flag is
+        # reset by the after_batch that always follows (rather than in begin_batch: a hook
+        # that runs for every batch).
         self._cancelled = self.learn.bus.cancelled_in not in _RECORDED_CANCELS
 
     def after_batch(self) -> None:
         if self._cancelled:
+            self._cancelled = False
             return
-        # Runs for every batch: fields are read from the state's __dict__ (cheaper than
-        # attribute reads on a pydantic model), and nothing is read from the device.
-        state = self._fit_state
-        values = vars(state)
+        # Runs for every batch: fields are read from the state's field dict (cheaper than
+        # attribute reads on a pydantic model), and nothing is read from the device. `.data`
+        # is the loss without its graph, like detach() but without a dispatched operation
+        # (it is never written to, so detach's shared version counter is not needed).
+        values = self._values
         try:
-            loss = values["loss"].detach()
+            loss = values["loss"].data
         except KeyError:  # not a batch of the Learner's: let the state say what is missing
-            loss = state.loss.detach()
+            loss = self.learn.state.loss.data
         if values["training"]:
             recent = self._recent
             recent.append(loss)
             if len(recent) == _CHUNK:
                 self._flush()
             self.lrs.append(values["opt"].param_groups[0]["lr"])
-            values.pop("smooth_loss", None)  # state.invalidate, without the call
         else:
+            state = self.learn.state
             target = state.yb
             bs = (target[0] if target else state.xb[0]).shape[0]
             self._valid.append((loss, bs))
@@ -188,7 +194,7 @@ class Recorder(Callback):
     def after_epoch(self) -> None:
         self._flush()  # chunks end with epochs, so the epoch's mean reads whole chunks
         n_train = self._n_losses - self._epoch_first_loss
-        row = [self._last_losses(n_train).float().mean() if n_train else None]
+        row = [self._last_losses(n_train).mean(dtype=torch.float32) if n_train else None]
         row.append(_weighted_mean(self._valid))
         row += [_weighted_mean(sums) for sums in self._metric_sums]
         self.values.append(_to_host(row))
@@ -229,12 +235,15 @@ class Recorder(Callback):
             folded = (1 - beta) * (beta**powers * values).sum()
             self._ema = folded if self._ema is None else folded + beta**k * self._ema
             self._ema_count += k
-        if self._ema is None:
-            raise UnsetFieldError(
-                "smooth_loss has no value yet: it is set from the first recorded training "
-                "batch on (a batch cancelled before its backward pass is not recorded)"
-            )
-        return self._ema / (1 - self.beta**self._ema_count)
+            self._smooth = None
+        if self._smooth is None:
+            if self._ema is None:
+                raise UnsetFieldError(
+                    "smooth_loss has no value yet: it is set from the first recorded training "
+                    "batch on (a batch cancelled before its backward pass is not recorded)"
+                )
+            self._smooth = self._ema / (1 - self.beta**self._ema_count)
+        return self._smooth
 
     def plot_loss(self, path: str | Path, *, skip_start: int = 0, with_valid: bool = True) -> None:
         """Write the training loss per batch (and validation loss per epoch) to a PNG."""
@@ -245,9 +254,15 @@ class Recorder(Callback):
 
 def _to_host(row: Sequence[torch.Tensor | None]) -> list[float]:
     """The values of ``row`` as floats, in one transfer; ``None`` (nothing to average) is nan."""
-    present = [value.float().cpu() for value in row if value is not None]
-    # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
-    floats = cast("list[float]", torch.stack(present).tolist()) if present else []  # pyright: ignore[reportUnknownMemberType]
+    present = [value for value in row if value is not None]
+    floats: list[float] = []
+    if present:
+        try:
+            stacked = torch.stack(present)  # on their device: one transfer below
+        except RuntimeError:  # on several devices: one transfer each
+            stacked = torch.stack([value.cpu() for value in present])
+        # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
+        floats = cast("list[float]", stacked.float().tolist())  # pyright: ignore[reportUnknownMemberType]
     found = iter(floats)
     return [math.nan if value is None else next(found) for value in row]
 
@@ -273,7 +288,8 @@ class ProgressCallback(Callback):
 
     Shows only in a terminal or notebook (otherwise it is silent), and closes its bars
     however the fit ends. The batch bar shows the smooth loss, read from the device only
-    when the bar refreshes.
+    when the bar refreshes. It advances the bar from a function it subscribes to
+    ``after_batch`` for the fits it shows, so a silent one costs nothing per batch.
 
     Args:
         show: Show bars: ``None`` (default) decides by whether stderr is a terminal.
@@ -289,12 +305,20 @@ class ProgressCallback(Callback):
         self._epoch_bar: tqdm[Any] | None = None
         self._batch_bar: tqdm[Any] | None = None
         self._printed_header = False
+        # Where _advance_bar is subscribed, and the bound method subscribed (the one to
+        # unsubscribe: each attribute read makes a new bound method).
+        self._subscribed: tuple[EventBus, Callable[[], None]] | None = None
 
     def begin_fit(self) -> None:
         self._active = _interactive(sys.stderr) if self.show is None else self.show
         self._printed_header = False
         if self._active:
             self._epoch_bar = tqdm(total=self.n_epoch, desc="epoch", unit="epoch", leave=False)
+            # Subscribed after the callbacks registered so far (the Recorder among them),
+            # it sees the smooth loss with this batch's loss folded in.
+            bus, hook = self.learn.bus, self._advance_bar
+            bus.subscribe(Event.after_batch, hook)
+            self._subscribed = (bus, hook)
 
     def begin_train(self) -> None:
         self._open_batch_bar("train")
@@ -307,7 +331,7 @@ class ProgressCallback(Callback):
         if self._active:
             self._batch_bar = tqdm(total=self.n_iter, desc=desc, leave=False, unit="batch")
 
-    def after_batch(self) -> None:
+    def _advance_bar(self) -> None:
         bar = self._batch_bar
         if bar is not None and bar.update(1) and self.training:
             try:
@@ -356,6 +380,10 @@ class ProgressCallback(Callback):
         if self._epoch_bar is not None:
             self._epoch_bar.close()
             self._epoch_bar = None
+        if self._subscribed is not None:
+            bus, hook = self._subscribed
+            self._subscribed = None
+            bus.unsubscribe(Event.after_batch, hook)
 
     @property
     def bars_open(self) -> bool:
