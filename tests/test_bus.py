@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -229,6 +229,80 @@ def test_dispatch_tables_change_only_with_subscribers() -> None:
     bus.subscribe(E.after_pred, lambda: None)
     assert bus.handlers(E.after_pred) is not tables[E.after_pred]
     assert len(bus.handlers(E.after_pred)) == 1
+
+
+def test_live_handlers_follow_the_subscribers_in_place() -> None:
+    bus = EventBus()
+    live = bus.live_handlers(E.after_pred)
+    assert not live
+    first, second = (lambda: None), (lambda: None)
+    bus.subscribe(E.after_pred, first)
+    bus.subscribe(E.after_pred, second, order=-1)
+    assert bus.live_handlers(E.after_pred) is live
+    assert list(live) == [second, first] == list(bus.handlers(E.after_pred))
+    bus.unsubscribe(E.after_pred, second)
+    assert list(live) == [first]
+    with pytest.raises(ValueError, match="is not a trainbus Event"):
+        bus.live_handlers("after_pred_")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def _each_trace(use_run_each: bool, cancel: set[int]) -> tuple[list[str], list[int]]:
+    """A validate stage over four items, with the items in ``cancel`` cancelled."""
+    log: list[str] = []
+    done: list[int] = []
+    bus = EventBus([Logger(log, skip=cancel)])
+    bus.subscribe(E.after_pred, lambda: log.append("fn:after_pred"))
+    items = [10, 11, 12, 13]
+    position = iter(range(len(items)))
+
+    def prepared() -> Iterator[int]:
+        for item in items:
+            log.append(f"loop:next {item}")
+            yield item
+
+    def one_item() -> None:
+        done.append(next(position))
+        bus.emit(E.after_pred)
+
+    def all_items() -> None:
+        if use_run_each:
+            bus.run_each(Stage.batch, prepared(), one_item)
+        else:
+            for _ in prepared():
+                bus.run(Stage.batch, one_item)
+
+    bus.run(Stage.fit, lambda: bus.run(Stage.validate, all_items))
+    return log, done
+
+
+@pytest.mark.parametrize("cancel", [set[int](), {0}, {1, 3}])
+def test_run_each_is_run_for_each_item(cancel: set[int]) -> None:
+    assert _each_trace(True, cancel) == _each_trace(False, cancel)
+    log, _ = _each_trace(True, cancel)
+    assert log.count("logger:after_cancel_batch") == len(cancel)
+    assert log.count("loop:next 13") == 1  # the items are drawn one stage at a time
+
+
+def test_run_each_passes_outer_signals_and_catches_misplaced_ones() -> None:
+    seen: list[int] = []
+    bus = EventBus()
+
+    def body() -> None:
+        seen.append(len(seen))
+        if len(seen) == 2:
+            raise CancelValidException
+
+    def batches() -> None:
+        bus.run_each(Stage.batch, range(5), body)
+
+    bus.run(Stage.fit, lambda: bus.run(Stage.validate, batches))
+    assert seen == [0, 1]  # the validate stage took the signal, ending the items
+    with pytest.raises(SignalUsageError, match="no train stage"):
+        bus.run_each(Stage.batch, range(2), lambda: _raise(CancelTrainException()))
+
+
+def _raise(error: BaseException) -> None:
+    raise error
 
 
 def test_learner_dispatch_tables_survive_fits() -> None:

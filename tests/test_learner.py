@@ -13,7 +13,7 @@ from torch import nn
 from typing_extensions import override
 
 from conftest import BS, N_TRAIN, N_VALID, tiny_dls, tiny_learner, tiny_model, tiny_tensors
-from trainbus import Callback, Event, HookError, Learner, UnsetFieldError
+from trainbus import Callback, DataLoaders, Event, HookError, Learner, UnsetFieldError
 from trainbus.callbacks import ProgressCallback
 
 # ------------------------------------------------------- writes reach the loop
@@ -174,16 +174,18 @@ def test_add_cb_rejects_a_function_with_a_hint() -> None:
 
 
 class Boom(Callback):
-    """Raises ``error`` in after_loss of the second training batch; keeps a weakref to the loss."""
+    """Raises ``error`` in after_loss of the second training batch; keeps weakrefs to the batch."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
         self.loss_ref: weakref.ref[torch.Tensor] | None = None
+        self.batch_refs: list[weakref.ref[torch.Tensor]] = []
 
     @override
     def after_loss(self) -> None:
         if self.training and self.iter == 1:
             self.loss_ref = weakref.ref(self.loss)
+            self.batch_refs = [weakref.ref(t) for t in (self.x, self.y, self.pred, self.loss)]
             raise self.error
 
 
@@ -227,7 +229,9 @@ def test_error_in_a_callback_releases_everything(
         with pytest.raises(UnsetFieldError):
             getattr(learn.state, name)
     gc.collect()
+    # Released although the exception (its traceback, the loop's frames) is still alive.
     assert boom.loss_ref is not None and boom.loss_ref() is None
+    assert [ref() for ref in boom.batch_refs] == [None] * 4
     assert extra not in learn.cbs
     with pytest.raises(RuntimeError, match="not attached"):
         _ = extra.learn
@@ -302,3 +306,76 @@ def test_fit_zero_epochs_runs_fit_events_only() -> None:
         learn.subscribe(event, recorder_of(event))
     learn.fit(0)
     assert seen == [Event.begin_fit, Event.after_fit]
+
+
+# ------------------------------------------------------------------ batch shapes
+
+
+class _Seen(Callback):
+    """Records the batch as the state publishes it in begin_batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+
+    @override
+    def begin_batch(self) -> None:
+        self.batches.append((len(self.xb), len(self.yb)))
+
+
+def _two_targets_loss(pred: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (weight * (pred - y) ** 2).mean()
+
+
+def _pair_tuple(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (x, y)
+
+
+def _pair_list(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    return [x, y]
+
+
+def _weighted_list(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    return [x, y, torch.ones_like(y)]
+
+
+def _weighted_tuple(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(_weighted_list(x, y))
+
+
+@pytest.mark.parametrize(
+    ("make_batch", "loss_func", "expected"),
+    [
+        (_pair_tuple, nn.functional.mse_loss, (1, 1)),
+        (_pair_list, nn.functional.mse_loss, (1, 1)),
+        (_weighted_tuple, _two_targets_loss, (1, 2)),
+        (_weighted_list, _two_targets_loss, (1, 2)),
+    ],
+    ids=["tuple", "list", "two-targets-tuple", "two-targets-list"],
+)
+def test_batches_of_every_shape_reach_the_model_and_the_loss(
+    make_batch: Callable[[torch.Tensor, torch.Tensor], Any],
+    loss_func: Callable[..., torch.Tensor],
+    expected: tuple[int, int],
+) -> None:
+    x, y = tiny_tensors(3, BS, seed=3)
+    batches = [make_batch(x[i : i + BS], y[i : i + BS]) for i in range(0, 3 * BS, BS)]
+    seen = _Seen()
+    learn = Learner(tiny_model(), DataLoaders(batches), loss_func, cbs=[seen])
+    learn.fit(1)
+    assert seen.batches == [expected] * len(batches)
+    assert len(learn.recorder.losses) == len(batches)
+    assert all(isinstance(v, float) for v in learn.recorder.losses)
+
+
+@pytest.mark.parametrize(
+    ("batch", "name"),
+    [(torch.zeros(2, 3), "Tensor"), ({"x": 1, "y": 2}, "dict"), ("xy", "str")],
+    ids=["tensor", "dict", "str"],
+)
+def test_a_batch_that_is_not_a_sequence_is_refused(batch: object, name: str) -> None:
+    learn = Learner(tiny_model(), DataLoaders([batch]), nn.functional.mse_loss)
+    with pytest.raises(TypeError, match=rf"each batch must be a sequence .*, got {name}$"):
+        learn.fit(1)
+    for field in ("xb", "yb", "pred", "loss"):
+        with pytest.raises(UnsetFieldError):
+            getattr(learn.state, field)

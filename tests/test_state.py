@@ -263,6 +263,18 @@ def test_invalid_writes_are_rejected(event: Event, field: str, value: object) ->
     assert info.value.__notes__ == [f"trainbus: raised in callback _Write during event {event}"]
 
 
+def test_validated_writes_land_in_the_dict_the_loop_holds() -> None:
+    state = tiny_learner().state
+    values = state.trusted_values
+    state.loss = torch.tensor(2.0)
+    state.training = True
+    assert state.trusted_values is values
+    assert values["loss"].item() == 2.0 and values["training"] is True
+    with pytest.raises(pydantic.ValidationError):
+        state.loss = 3.0  # type: ignore[assignment]  # pyright: ignore[reportAttributeAccessIssue]
+    assert state.trusted_values is values and values["loss"].item() == 2.0  # unchanged
+
+
 def test_valid_writes_are_accepted() -> None:
     learn = tiny_learner([_Write(E.begin_batch, "xb", (torch.zeros(BS, 2),))])
     learn.fit(1)
