@@ -128,14 +128,33 @@ def test_reads_do_not_grow_with_the_number_of_batches(
     assert many.where == few.where
 
 
-def test_default_callbacks_read_values_only_at_epoch_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_callbacks_read_nothing_back_during_a_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     learn = classifier(4, 3)
     log = fit_logged(monkeypatch, learn, n_epoch=3)
-    assert log.in_batches() == []
-    assert log.where and set(log.where) == {Event.after_epoch.value}
-    # The same number of reads every epoch: the Recorder's one transfer of its row.
-    assert len(log.where) % 3 == 0
-    assert len(learn.recorder.values) == 3
+    assert log.calls == []  # the per-epoch rows wait until they are read
+    log = SyncLog(monkeypatch)
+    values = learn.recorder.values
+    assert log.calls == ["tolist"]  # every epoch's row, in one transfer
+    assert len(values) == 3 and all(len(row) == 3 for row in values)
+    assert learn.recorder.values is values and log.calls == ["tolist"]  # computed once
+
+
+def test_unread_rows_are_computed_every_16_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = classifier(1, 1)
+    log = fit_logged(monkeypatch, learn, n_epoch=40)
+    # Unread rows hold their validation tensors: they are computed in groups of 16.
+    assert log.where == [Event.after_epoch.value] * 2
+    assert len(learn.recorder.values) == 40
+
+
+def test_a_shown_table_reads_each_row_at_its_epoch_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = classifier(2, 2, cbs=[])
+    learn.remove_cb(learn.get_cb(ProgressCallback))
+    learn.add_cb(ProgressCallback(show=False, table=True))
+    log = fit_logged(monkeypatch, learn, n_epoch=3)
+    assert log.where == [Event.after_epoch.value] * 3
 
 
 def test_recorded_values_reach_the_host_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,12 +60,20 @@ class EpochCensus(Callback):
 @pytest.mark.parametrize("n_train", [3, 12])
 def test_memory_grows_across_epochs_by_the_recorded_losses_only(n_train: int) -> None:
     census = EpochCensus()
-    classifier(n_train, cbs=[census]).fit(5)
-    growth = [b - a for a, b in pairwise(census.counts)]
-    # One more tensor an epoch: that epoch's training losses, stacked into one.
-    assert growth == [1] * 4
-    byte_growth = [b - a for a, b in pairwise(census.bytes)]
-    assert byte_growth == [4 * n_train] * 4  # one float32 per training batch
+    learn = classifier(n_train, n_valid=2, cbs=[census])
+    learn.fit(5)
+    # Each epoch adds its training losses and, until its row of `values` is read, its
+    # validation losses and metric values: one float32 tensor each.
+    per_epoch = n_train + len(learn.dls.valid) * (1 + len(learn.metrics))
+    assert [b - a for a, b in pairwise(census.counts)] == [per_epoch] * 4
+    assert [b - a for a, b in pairwise(census.bytes)] == [4 * per_epoch] * 4
+    assert len(learn.recorder.values) == 5
+    # Read, the rows release their validation tensors and the 0-d losses become one
+    # 1-D tensor; the fit's views of the 2 parameters (see _accumulator_anchors) are gone.
+    after = live_tensors()
+    assert len(after) == census.counts[-1] - 5 * per_epoch + 1 - 2
+    assert storage_bytes(after) == census.bytes[-1] - 4 * 5 * per_epoch + 4 * 5 * n_train
+    del after
 
 
 def test_a_long_epoch_keeps_its_recorded_losses_compact() -> None:

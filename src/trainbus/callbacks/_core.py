@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast
 
+import attrs
 import torch
 from tqdm import tqdm
 
@@ -41,13 +42,13 @@ class TrainEvalCallback(Callback):
     # Kept for the per-batch hook: the state's field dict (at begin_fit), and (at
     # begin_train) the training batches done in the fit after this epoch's first one and
     # in the whole fit: pct_train = (epoch * n_iter + iter + 1) / (n_epoch * n_iter).
-    _values: dict[str, Any]
+    _fields: dict[str, Any]
     _done_after_first: int
     _total: int
 
     def begin_fit(self) -> None:
         state = self.learn.state
-        self._values = state.trusted_values
+        self._fields = state.trusted_values
         state.set_trusted("train_iter", 0)
         state.set_trusted("pct_train", 0.0)
         state.set_trusted("training", False)
@@ -62,7 +63,7 @@ class TrainEvalCallback(Callback):
 
     def after_batch(self) -> None:
         # Runs for every batch: plain dict reads and trusted writes, no method calls.
-        values = self._values
+        values = self._fields
         if values["training"]:
             values["train_iter"] += 1
             values["pct_train"] = (self._done_after_first + values["iter"]) / self._total
@@ -72,6 +73,20 @@ class TrainEvalCallback(Callback):
         state.model.eval()
         state.set_trusted("training", False)
 
+
+@attrs.frozen
+class _Epoch:
+    """What the Recorder keeps of an epoch until its row of ``values`` is computed."""
+
+    first_loss: int  # index of its first training loss in the loss record
+    n_train: int
+    valid: list[tuple[torch.Tensor, int]]  # (validation loss, batch size)
+    metric_sums: list[list[tuple[torch.Tensor, int]]]  # per metric, (value, batch size)
+
+
+# Epochs whose row of `values` may wait for a read: their validation losses and metric
+# values stay on the device until then.
+_MAX_PENDING: Final = 16
 
 # Cancelling a training batch in these events skips only the step: its loss still counts.
 _RECORDED_CANCELS: Final = frozenset({Event.after_backward, Event.after_step})
@@ -83,7 +98,8 @@ class Recorder(Callback):
     Per training batch it keeps the loss (a device tensor) and the learning rate; per
     epoch the mean training loss, the validation loss and every metric (averaged over
     the validation set, weighted by batch size) and the epoch's duration. Values reach
-    the host only when asked for (``losses``, ``values``) or at epoch end. A batch ended
+    the host only when asked for (``losses``, ``values``): the per-epoch rows are computed
+    when ``values`` is read, every row not yet read in one transfer. A batch ended
     by ``CancelBatchException`` is not recorded, unless it was cancelled after its
     backward pass (``after_backward``/``after_step``, as gradient accumulation does): its
     loss was trained on. It publishes ``smooth_loss``, the
@@ -100,8 +116,9 @@ class Recorder(Callback):
             raise ValueError(f"beta must be in [0, 1), got {beta!r}")
         self.beta: float = beta
         self.lrs: list[float] = []
-        self.values: list[list[float]] = []
         self.times: list[float] = []
+        self._rows: list[list[float]] = []  # values, as far as computed
+        self._pending: list[_Epoch] = []  # epochs whose row is not computed yet
         # Training losses: 1-D chunks, then the latest ones as 0-d tensors. Every list is
         # rebound (never cleared in place) at begin_fit: lr_find restores a shallow copy.
         self._chunks: list[torch.Tensor] = []
@@ -117,7 +134,7 @@ class Recorder(Callback):
         self._cancelled = False
 
     # The state's field dict, kept at begin_fit: the per-batch hook reads it directly.
-    _values: dict[str, Any]
+    _fields: dict[str, Any]
 
     @property
     def metric_names(self) -> list[str]:
@@ -142,8 +159,8 @@ class Recorder(Callback):
 
     def begin_fit(self) -> None:
         state = self.learn.state
-        self._values = state.trusted_values
-        self.lrs, self.values, self.times = [], [], []
+        self._fields = state.trusted_values
+        self.lrs, self.times, self._rows, self._pending = [], [], [], []
         self._chunks, self._recent, self._n_chunked = [], [], 0
         self._ema, self._ema_count, self._smooth = None, 0, None
         self._cancelled = False
@@ -170,7 +187,7 @@ class Recorder(Callback):
         # attribute reads on a pydantic model), and nothing is read from the device. `.data`
         # is the loss without its graph, like detach() but without a dispatched operation
         # (it is never written to, so detach's shared version counter is not needed).
-        values = self._values
+        values = self._fields
         try:
             loss = values["loss"].data
         except KeyError:  # not a batch of the Learner's: let the state say what is missing
@@ -192,13 +209,34 @@ class Recorder(Callback):
                     sums.append((metric(pred, *target).detach(), bs))
 
     def after_epoch(self) -> None:
-        self._flush()  # chunks end with epochs, so the epoch's mean reads whole chunks
-        n_train = self._n_losses - self._epoch_first_loss
-        row = [self._last_losses(n_train).mean(dtype=torch.float32) if n_train else None]
-        row.append(_weighted_mean(self._valid))
-        row += [_weighted_mean(sums) for sums in self._metric_sums]
-        self.values.append(_to_host(row))
+        # No tensor work here: the row is computed when `values` is read.
+        first = self._epoch_first_loss
+        n_train = self._n_losses - first
+        self._pending.append(_Epoch(first, n_train, self._valid, self._metric_sums))
+        self._valid, self._metric_sums = [], []  # the record owns them now
         self.times.append(time.perf_counter() - self._epoch_start)
+        if len(self._pending) == _MAX_PENDING:  # bounds what unread rows hold on the device
+            _ = self.values
+
+    @property
+    def values(self) -> list[list[float]]:
+        """Per epoch: ``train_loss``, ``valid_loss``, then each metric (see ``metric_names``).
+
+        ``nan`` where there was nothing to average. Rows not read yet are computed now,
+        with one transfer from the device for all of them.
+        """
+        if self._pending:
+            losses = self.loss_tensor()
+            rows: list[list[torch.Tensor | None]] = []
+            for epoch in self._pending:
+                first, n = epoch.first_loss, epoch.n_train
+                row = [losses[first : first + n].mean(dtype=torch.float32) if n else None]
+                row.append(_weighted_mean(epoch.valid))
+                row += [_weighted_mean(sums) for sums in epoch.metric_sums]
+                rows.append(row)
+            self._pending = []
+            self._rows.extend(_to_host(rows))
+        return self._rows
 
     @property
     def _n_losses(self) -> int:
@@ -252,9 +290,9 @@ class Recorder(Callback):
         plot_losses(self, path, skip_start=skip_start, with_valid=with_valid)
 
 
-def _to_host(row: Sequence[torch.Tensor | None]) -> list[float]:
-    """The values of ``row`` as floats, in one transfer; ``None`` (nothing to average) is nan."""
-    present = [value for value in row if value is not None]
+def _to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[float]]:
+    """The values of ``rows`` as floats, in one transfer; ``None`` (nothing to average) is nan."""
+    present = [value for row in rows for value in row if value is not None]
     floats: list[float] = []
     if present:
         try:
@@ -264,7 +302,7 @@ def _to_host(row: Sequence[torch.Tensor | None]) -> list[float]:
         # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
         floats = cast("list[float]", stacked.float().tolist())  # pyright: ignore[reportUnknownMemberType]
     found = iter(floats)
-    return [math.nan if value is None else next(found) for value in row]
+    return [[math.nan if value is None else next(found) for value in row] for row in rows]
 
 
 def _weighted_mean(items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
