@@ -199,12 +199,14 @@ class Recorder(Callback):
                 self._flush()
             self.lrs.append(values["opt"].param_groups[0]["lr"])
         else:
-            state = self.learn.state
-            target = state.yb
-            bs = (target[0] if target else state.xb[0]).shape[0]
+            try:
+                target, inputs = values["yb"], values["xb"]
+            except KeyError:  # as above
+                target, inputs = self.learn.state.yb, self.learn.state.xb
+            bs = (target[0] if target else inputs[0]).shape[0]
             self._valid.append((loss, bs))
             if self._metric_sums:
-                pred = state.pred.detach()
+                pred = self.learn.state.pred.detach()
                 for sums, metric in zip(self._metric_sums, self.learn.metrics, strict=True):
                     sums.append((metric(pred, *target).detach(), bs))
 
