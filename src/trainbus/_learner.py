@@ -42,13 +42,15 @@ _BATCH: Final = Stage.batch
 def _batch_bodies(
     values: dict[str, Any], bus: EventBus
 ) -> tuple[Callable[[], None], Callable[[], None], frozenset[CodeType]]:
-    """The bodies of a training batch and of a validation batch, handed to ``bus.run``.
+    """The bodies of a training and of a validation batch (for ``bus.run_each``), and
+    their code objects (whose frames ``Learner._clear_loop_frames`` empties on failure).
 
     They run for every batch, so they are closures over the state's field dict
     (``TrainingState.trusted_values``: no attribute reads on the Learner or on the pydantic
     model) and over the live handler lists of their events, so an event nobody hears
-    costs a truth test. After an event is heard they read its fields again: a callback
-    may have replaced them (``self.learn.loss = ...``).
+    costs a truth test; the forward pass is written out in both rather than shared
+    through a call. After an event is heard they read its fields again: a callback may
+    have replaced them (``self.learn.loss = ...``).
     """
     emit = bus.emit
     after_pred = bus.live_handlers(_AFTER_PRED)

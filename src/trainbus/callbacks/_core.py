@@ -103,7 +103,7 @@ class Recorder(Callback):
     by ``CancelBatchException`` is not recorded, unless it was cancelled after its
     backward pass (``after_backward``/``after_step``, as gradient accumulation does): its
     loss was trained on. It publishes ``smooth_loss``, the
-    debiased exponential average of the training loss, computed when first read.
+    debiased exponential average of the training loss, computed when read.
 
     Args:
         beta: Smoothing factor of ``smooth_loss``.
@@ -218,7 +218,7 @@ class Recorder(Callback):
         self._valid, self._metric_sums = [], []  # the record owns them now
         self.times.append(time.perf_counter() - self._epoch_start)
         if len(self._pending) == _MAX_PENDING:  # bounds what unread rows hold on the device
-            _ = self.values
+            self._compute_rows()
 
     @property
     def values(self) -> list[list[float]]:
@@ -227,6 +227,11 @@ class Recorder(Callback):
         ``nan`` where there was nothing to average. Rows not read yet are computed now,
         with one transfer from the device for all of them.
         """
+        self._compute_rows()
+        return self._rows
+
+    def _compute_rows(self) -> None:
+        """Append the rows of the epochs in ``_pending`` to ``_rows``."""
         if self._pending:
             losses = self.loss_tensor()
             rows: list[list[torch.Tensor | None]] = []
@@ -238,7 +243,6 @@ class Recorder(Callback):
                 rows.append(row)
             self._pending = []
             self._rows.extend(_to_host(rows))
-        return self._rows
 
     @property
     def _n_losses(self) -> int:
