@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -52,21 +53,17 @@ def must_precede(a: Subscriber, b: Subscriber) -> bool:
     )
 
 
-def reference_order(subs: Sequence[Subscriber]) -> list[Subscriber]:
-    """Topological order; among the ready ones, smallest (order, registration index) first."""
-    remaining = list(range(len(subs)))
-    placed: list[Subscriber] = []
-    while remaining:
-        ready = [
-            i
-            for i in remaining
-            if not any(j != i and must_precede(subs[j], subs[i]) for j in remaining)
-        ]
-        assert ready, "reference_order is only used on acyclic graphs"
-        nxt = min(ready, key=lambda i: (type(subs[i]).order, i))
-        placed.append(subs[nxt])
-        remaining.remove(nxt)
-    return placed
+def ancestors(subs: Sequence[Subscriber], index: int) -> set[int]:
+    """Indices of the subscribers that must run before ``subs[index]``, through any chain."""
+    found: set[int] = set()
+    todo = [index]
+    while todo:
+        b = todo.pop()
+        for a in range(len(subs)):
+            if a != b and a not in found and must_precede(subs[a], subs[b]):
+                found.add(a)
+                todo.append(a)
+    return found
 
 
 def _express(classes: list[type[Subscriber]], form: str) -> Spec:
@@ -133,13 +130,39 @@ def test_order_respects_constraints_and_tie_breaks(graph: Graph) -> None:
     position = {type(node): k for k, node in enumerate(resolved)}
     for a, b in graph.edges:
         assert position[graph.classes[a]] < position[graph.classes[b]]
-    assert resolved == reference_order(nodes)
     # Dispatch follows the resolved order.
     bus.run(Stage.fit, lambda: None)
     assert log == [type(node).__name__ for node in resolved]
     # Deterministic: the same registrations give the same order.
     again, _ = graph.register([])
     assert [type(s) for s in again.subscribers] == [type(s) for s in resolved]
+
+
+@settings(max_examples=400, deadline=None)
+@given(graphs())
+def test_adding_a_callback_moves_only_it_and_its_predecessors_earlier(graph: Graph) -> None:
+    """Stability: a pair of earlier callbacks keeps its relative order when one more is
+    added, unless a chain of constraints through the new one requires the change; and
+    then the one that moves is a predecessor of the new one, moving earlier."""
+    nodes = [graph.classes[i]([]) for i in graph.registration]
+    bus = EventBus()
+    for k, node in enumerate(nodes):
+        before = list(bus.subscribers)
+        assert before == list(EventBus(nodes[:k]).subscribers)  # deterministic
+        bus.add(node)
+        after = list(bus.subscribers)
+        must_move = ancestors(nodes[: k + 1], k)
+        where = {id(s): i for i, s in enumerate(after)}
+        for i, a in enumerate(before):
+            for b in before[i + 1 :]:  # a ran before b
+                if where[id(a)] > where[id(b)]:  # now b runs before a: b moved earlier
+                    b_index = next(j for j, s in enumerate(nodes) if s is b)
+                    a_index = next(j for j, s in enumerate(nodes) if s is a)
+                    assert b_index in must_move and a_index not in must_move
+        # Every constraint holds after each addition.
+        for x, y in itertools.permutations(after, 2):
+            if must_precede(x, y):
+                assert where[id(x)] < where[id(y)]
 
 
 @settings(max_examples=100, deadline=None)
@@ -322,3 +345,90 @@ def test_show_training_loop_places_added_callbacks(capsys: pytest.CaptureFixture
         "TerminateOnNaNCallback",
         "Recorder",
     ]
+
+
+# ------------------------------------------------- stability under additions
+
+
+def test_a_constraint_pulls_the_constrained_callback_forward() -> None:
+    # Registered after Late, Sched must precede Recorder: it lands just before the
+    # Recorder; the Recorder, ProgressCallback and Late keep their places relative to
+    # each other (before the fix, Recorder and ProgressCallback moved behind Late).
+    class Late(Callback):
+        pass
+
+    class Sched(Callback):
+        run_before = Recorder
+
+    learn = tiny_learner([Late()])
+    learn.add_cb(Sched())
+    assert [type(cb).__name__ for cb in learn.cbs] == [
+        "TrainEvalCallback",
+        "Sched",
+        "Recorder",
+        "ProgressCallback",
+        "Late",
+    ]
+
+
+def test_predecessors_of_a_new_callback_move_with_it() -> None:
+    # C must run after B and before A: it goes just before A, and B (after A so far)
+    # moves with it, just before it.
+    a_cls, b_cls, c_cls = make_node("A"), make_node("B"), make_node("C")
+    c_cls.run_after, c_cls.run_before = b_cls, a_cls
+    bus = EventBus([a_cls([]), b_cls([])])
+    assert [type(s).__name__ for s in bus.subscribers] == ["A", "B"]
+    bus.add(c_cls([]))
+    assert [type(s).__name__ for s in bus.subscribers] == ["B", "C", "A"]
+
+
+def test_removing_a_callback_restores_the_order_before_it_was_added() -> None:
+    class Late(Callback):
+        pass
+
+    class Sched(Callback):
+        run_before = Recorder
+
+    learn = tiny_learner([Late()])
+    before = learn.cbs
+    sched = learn.add_cb(Sched())
+    learn.remove_cb(sched)
+    assert learn.cbs == before
+
+
+class RunLast(Callback):
+    run_after = Callback
+
+
+def test_cycle_between_instances_of_one_class_names_each_instance() -> None:
+    learn = tiny_learner([RunLast()])
+    with pytest.raises(CallbackOrderError) as info:
+        learn.add_cb(RunLast())
+    message = str(info.value)
+    assert "RunLast#1 -> RunLast#2 -> RunLast#1" in message or (
+        "RunLast#2 -> RunLast#1 -> RunLast#2" in message
+    )
+    assert "instances of RunLast" in message
+    assert "RunLast -> RunLast" not in message
+
+
+class Reader(Callback):
+    """Reads the Recorder's row of the epoch; declares no constraint."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[float]] = []
+
+    @override
+    def after_epoch(self) -> None:
+        self.rows.append(self.learn.recorder.values[-1])
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_one_cycle"])
+def test_an_unconstrained_reader_runs_after_the_recorder_in_every_fit(method: str) -> None:
+    # Before the fix, fit_one_cycle's ParamScheduler (run_before = Recorder) pushed the
+    # Recorder behind Reader, which then raised IndexError reading values[-1].
+    reader = Reader()
+    learn = tiny_learner([reader])
+    getattr(learn, method)(2)
+    assert len(reader.rows) == 2
+    assert reader.rows == learn.recorder.values

@@ -194,12 +194,14 @@ class LRFinder(Callback):
         self._ema = 0.0
         self._best = math.inf
         self._cancelled = False
+        self._done = False
         self._saved: tuple[dict[str, Any], dict[str, Any], list[bool]] | None = None
 
     @override
     def begin_fit(self) -> None:
         self.lrs, self.losses = [], []
         self._ema, self._best = 0.0, math.inf
+        self._done = False
         model = self.model
         modes = [m.training for m in model.modules()]
         model_state = cast("dict[str, Any]", _cpu_copy(model.state_dict()))
@@ -208,6 +210,8 @@ class LRFinder(Callback):
 
     @override
     def begin_batch(self) -> None:
+        if self._done:
+            raise CancelFitException
         self._cancelled = False
         if self.training:
             lr = self.schedule(len(self.lrs) / (self.num_it - 1))
@@ -227,10 +231,18 @@ class LRFinder(Callback):
         self._ema = self.beta * self._ema + (1 - self.beta) * loss
         smooth = self._ema / (1 - self.beta ** len(self.lrs))
         self.losses.append(smooth)
-        if not math.isfinite(smooth):
-            raise CancelFitException
+        # The fit stops at the next batch or at the end of the phase, so that every
+        # callback's after_batch still sees this one.
         self._best = min(self._best, smooth)
-        if (self.stop_div and smooth > 4 * self._best) or len(self.lrs) >= self.num_it:
+        self._done = (
+            not math.isfinite(smooth)
+            or (self.stop_div and smooth > 4 * self._best)
+            or len(self.lrs) >= self.num_it
+        )
+
+    @override
+    def after_train(self) -> None:
+        if self._done:
             raise CancelFitException
 
     @override
