@@ -335,3 +335,21 @@ def test_progress_table_without_bars(capsys: pytest.CaptureFixture[str]) -> None
     out, err = capsys.readouterr()
     assert err == ""
     assert len(out.splitlines()) == 2
+
+
+def test_recorder_restore_puts_back_the_records_of_a_snapshot() -> None:
+    learn = tiny_learner()
+    learn.fit(2)
+    recorder = learn.recorder
+    losses, values, lrs = recorder.losses, recorder.values, list(recorder.lrs)
+    smooth = learn.smooth_loss.item()
+    snapshot = recorder.snapshot()
+    learn.fit(1, lr=0.01)
+    assert len(recorder.values) == 1
+    recorder.restore(snapshot)
+    learn.state.invalidate("smooth_loss")
+    assert (recorder.losses, recorder.values, recorder.lrs) == (losses, values, lrs)
+    assert learn.smooth_loss.item() == smooth
+    learn.fit(1)  # a later fit records afresh, and the snapshot is untouched by it
+    recorder.restore(snapshot)
+    assert recorder.losses == losses

@@ -324,10 +324,10 @@ after_validate:
 after_epoch:
     Recorder
     ProgressCallback
-after_fit:
-    ProgressCallback
 after_cancel_batch:
     Recorder
+teardown:
+    ProgressCallback
 """
 
 

@@ -186,12 +186,19 @@ class EventBus:
         return self._live[_as_event(event)]
 
     def describe(self) -> str:
-        """Event by event, the subscribers that run, in order (events nobody hears omitted)."""
+        """Event by event, the subscribers that run, in order (events nobody hears omitted),
+        then under ``teardown:`` those whose ``teardown`` runs when the outermost stage ends."""
+        sections = [
+            (event.value, [e.label for e in self._ordered if e.handler(event) is not None])
+            for event in Event
+        ]
+        sections.append(
+            ("teardown", [e.label for e, _ in self._subscribers_overriding("teardown")])
+        )
         lines: list[str] = []
-        for event in Event:
-            names = [e.label for e in self._ordered if e.handler(event) is not None]
+        for title, names in sections:
             if names:
-                lines.append(f"{event.value}:")
+                lines.append(f"{title}:")
                 lines.extend(f"    {name}" for name in names)
         return "\n".join(lines)
 
@@ -244,59 +251,39 @@ class EventBus:
         ``CancelXException`` for this stage, raised in the ``begin`` event or anywhere in
         the body, skips the rest of both and publishes ``after_cancel`` then ``after``.
         Signals for outer stages pass through without this stage's ``after`` event.
-        When an ordinary exception leaves the outermost stage, every subscriber's
-        ``on_exception`` runs before it propagates.
+        When the outermost stage ends, every subscriber's ``teardown`` runs, however it
+        ended (after every ``on_exception`` when an ordinary exception leaves it).
         """
         self.run_each(stage, _ONCE, body)
 
     def run_each(self, stage: Stage, items: Iterable[object], body: Callable[[], object]) -> None:
         """Run ``stage`` (see :meth:`run`) once for each item ``items`` yields.
 
-        The same as ``for _ in items: bus.run(stage, body)``, with the dispatch kept in
-        one frame for all of them: the per-batch path of a loop, where ``items`` is a
-        generator that puts the next batch into the state and yields.
+        The same as ``for _ in items: bus.run(stage, body)``: the per-batch path of a
+        loop, where ``items`` is a generator that puts the next batch into the state and
+        yields.
         """
         if not self._active:
             self._run_outermost(stage, items, body)
             return
-        # This runs for every batch, so the dispatch of `begin` and `after` is emit's loop
-        # written out here, behind a truth test of the live handler lists.
-        stack, table = self._stack, self._table
-        begin, after = stage.begin, stage.after
-        begin_heard, after_heard = self._live[begin], self._live[after]
+        stack, emit = self._stack, self.emit
         for _ in items:
             stack.append(stage)
             try:
-                if begin_heard:
-                    for handler in table[begin]:
-                        try:
-                            handler()
-                        except BaseException as error:
-                            replacement = self._failure(error, begin, handler)
-                            if replacement is None:
-                                raise
-                            raise replacement from error
+                emit(stage.begin)
                 body()
             except CancelException as signal:
                 stack.pop()
                 if signal.stage is not stage:
                     raise
                 self.cancelled_in = signal.event
-                self.emit(stage.after_cancel)
+                emit(stage.after_cancel)
             except BaseException:
                 stack.pop()
                 raise
             else:
                 stack.pop()
-            if after_heard:
-                for handler in table[after]:
-                    try:
-                        handler()
-                    except BaseException as error:
-                        replacement = self._failure(error, after, handler)
-                        if replacement is None:
-                            raise
-                        raise replacement from error
+            emit(stage.after)
 
     def _failure(self, error: BaseException, event: Event, handler: Handler) -> Exception | None:
         """What a dispatch raises when ``handler`` raised ``error``: ``None`` for ``error`` itself.
@@ -318,35 +305,67 @@ class EventBus:
         self, stage: Stage, items: Iterable[object], body: Callable[[], object]
     ) -> None:
         self._active = True
+        failure: BaseException | None = None
         try:
             self.run_each(stage, items, body)
         except CancelException as signal:  # reached the top uncaught: raised out of place
-            self._stack.clear()
-            error = SignalUsageError(
+            failure = SignalUsageError(
                 f"{type(signal).__name__} was raised where no {signal.stage.name} stage is "
                 f"running (outermost stage: {stage.name})"
             )
-            self._release(error)
-            raise error from signal
+            self._release(failure)
+            raise failure from signal
         except BaseException as error:
-            self._stack.clear()
+            failure = error
             self._release(error)
             raise
         finally:
+            self._stack.clear()
             self._active = False
+            self._teardown(failure)
+
+    def _subscribers_overriding(self, name: str) -> list[tuple[_Entry, Subscriber]]:
+        """The subscribers, in order, whose class overrides ``Subscriber.<name>``."""
+        base = getattr(Subscriber, name)
+        return [
+            (entry, entry.subscriber)
+            for entry in self._ordered
+            if entry.subscriber is not None and getattr(type(entry.subscriber), name) is not base
+        ]
 
     def _release(self, error: BaseException) -> None:
-        for entry in self._ordered:
-            subscriber = entry.subscriber
-            if subscriber is None or type(subscriber).on_exception is Subscriber.on_exception:
-                continue
+        for entry, subscriber in self._subscribers_overriding("on_exception"):
             try:
                 subscriber.on_exception(error)
             except Exception as cleanup_error:  # keep the original error; record this one
-                error.add_note(
-                    f"trainbus: {entry.label}.on_exception failed while releasing: "
-                    f"{type(cleanup_error).__name__}: {cleanup_error}"
-                )
+                _note_cleanup_failure(error, entry, "on_exception", cleanup_error)
+
+    def _teardown(self, failure: BaseException | None) -> None:
+        """Every subscriber's ``teardown``; the first error raised is raised after all ran,
+        unless the run is failing already (then each is a note on ``failure``)."""
+        first: Exception | None = None
+        for entry, subscriber in self._subscribers_overriding("teardown"):
+            try:
+                subscriber.teardown()
+            except Exception as error:
+                if failure is not None:
+                    _note_cleanup_failure(failure, entry, "teardown", error)
+                elif first is None:
+                    first = error
+                    error.add_note(f"{_NOTE_PREFIX}callback {entry.label} during teardown")
+                else:
+                    _note_cleanup_failure(first, entry, "teardown", error)
+        if first is not None:
+            raise first
+
+
+def _note_cleanup_failure(
+    error: BaseException, entry: _Entry, hook: str, cleanup_error: Exception
+) -> None:
+    error.add_note(
+        f"trainbus: {entry.label}.{hook} failed while releasing: "
+        f"{type(cleanup_error).__name__}: {cleanup_error}"
+    )
 
 
 def _as_event(event: Event) -> Event:

@@ -124,11 +124,22 @@ class Subscriber:
         """A ``CancelFitException`` ended the fit; ``after_fit`` follows."""
 
     def on_exception(self, error: BaseException) -> None:
-        """Release what this subscriber holds: a run is ending with ``error``.
+        """A run is ending with ``error``: called before :meth:`teardown`.
 
         Called once, in subscriber order, when an ordinary exception (not a signal)
         leaves the outermost stage, before it reaches the caller. ``after_*`` events do
-        not run in that case, so close files, bars and the like here.
+        not run in that case. Release resources in :meth:`teardown`, which runs however
+        the run ends; this hook is for what only a failure needs (saving an emergency
+        checkpoint, say).
+        """
+
+    def teardown(self) -> None:
+        """Release what this subscriber holds (files, bars, patched state): the run ended.
+
+        Called once, in subscriber order, when the outermost stage (a fit, or an
+        evaluation run) ends, however it ended: normally, cancelled by a signal, or by an
+        exception (then after every :meth:`on_exception`). An exception raised here
+        does not hide the run's own: it is added to that error as a note.
         """
 
 

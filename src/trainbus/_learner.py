@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Generator, Iterable, Sequence
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -13,7 +12,7 @@ from torch import nn
 
 from ._bus import EventBus
 from ._callback import Callback, state_write_error
-from ._checks import checked_int
+from ._checks import checked_float, checked_int
 from ._data import DataLoaders
 from ._events import Event, Stage
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
@@ -120,14 +119,6 @@ def _accumulator_anchors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return anchors
 
 
-def _positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
 @final
 class Learner(StateWriter):
     """Trains ``model`` on ``dls``: the loop of the tensor math, publishing events.
@@ -177,7 +168,7 @@ class Learner(StateWriter):
         if not callable(loss_func):
             raise TypeError(f"loss_func must be callable, got {type(loss_func).__qualname__}")
         checked_int("n_inp", n_inp)
-        lr = _positive_float("lr", lr)
+        lr = checked_float("lr", lr)
         metrics = list(metrics or ())
         for metric in metrics:
             if not callable(metric):
@@ -303,7 +294,7 @@ class Learner(StateWriter):
         """
         checked_int("n_epoch", n_epoch, 0, what="a non-negative int")
         if lr is not None:
-            lr = _positive_float("lr", lr)
+            lr = checked_float("lr", lr)
             for group in self.opt.param_groups:
                 group["lr"] = lr
         added: list[Callback] = []

@@ -5,7 +5,7 @@ Defaults (every Learner has them): :class:`TrainEvalCallback`, :class:`Recorder`
 :class:`RNNRegularizer`, :class:`TerminateOnNaNCallback`.
 """
 
-from ._core import ProgressCallback, Recorder, TrainEvalCallback
+from ._core import ProgressCallback, Recorder, RecorderSnapshot, TrainEvalCallback
 from ._csv import CSVLogger
 from ._gradients import GradientAccumulation, GradientClip
 from ._lr_finder import LRFinder, LRFinderResult
@@ -46,6 +46,7 @@ __all__ = [
     "ProgressCallback",
     "RNNRegularizer",
     "Recorder",
+    "RecorderSnapshot",
     "ReduceLROnPlateau",
     "SaveModelCallback",
     "SchedConst",

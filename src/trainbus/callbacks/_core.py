@@ -6,7 +6,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast, final
 
 import attrs
 import torch
@@ -21,7 +21,7 @@ from .._state import UnsetFieldError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["ProgressCallback", "Recorder", "TrainEvalCallback"]
+__all__ = ["ProgressCallback", "Recorder", "RecorderSnapshot", "TrainEvalCallback"]
 
 # Recorded per-batch losses are stacked into one tensor every this many batches, so a
 # long fit holds a few large tensors rather than one small tensor per batch.
@@ -74,6 +74,18 @@ class TrainEvalCallback(Callback):
         state.set_trusted("training", False)
 
 
+@final
+@attrs.frozen(eq=False)
+class RecorderSnapshot:
+    """The records of a :class:`Recorder` at one moment (``Recorder.snapshot()``).
+
+    Attributes:
+        attributes: The Recorder's attributes, lists copied.
+    """
+
+    attributes: dict[str, object]
+
+
 @attrs.frozen
 class _Epoch:
     """What the Recorder keeps of an epoch until its row of ``values`` is computed."""
@@ -119,8 +131,7 @@ class Recorder(Callback):
         self.times: list[float] = []
         self._rows: list[list[float]] = []  # values, as far as computed
         self._pending: list[_Epoch] = []  # epochs whose row is not computed yet
-        # Training losses: 1-D chunks, then the latest ones as 0-d tensors. Every list is
-        # rebound (never cleared in place) at begin_fit: lr_find restores a shallow copy.
+        # Training losses: 1-D chunks, then the latest ones as 0-d tensors.
         self._chunks: list[torch.Tensor] = []
         self._recent: list[torch.Tensor] = []
         self._n_chunked = 0  # losses in _chunks
@@ -156,6 +167,23 @@ class Recorder(Callback):
         if len(self._chunks) > 1:
             self._chunks = [torch.cat(self._chunks)]
         return self._chunks[0]
+
+    def snapshot(self) -> RecorderSnapshot:
+        """What the Recorder holds now, for :meth:`restore` (taken between fits).
+
+        ``learn.lr_find()`` uses it to leave the previous fit's records in place.
+        """
+        attributes = {
+            name: list(value) if isinstance(value, list) else value
+            for name, value in vars(self).items()
+            if name != "_learner"
+        }
+        return RecorderSnapshot(attributes)
+
+    def restore(self, snapshot: RecorderSnapshot) -> None:
+        """Put back what :meth:`snapshot` saved: the records of the fit before it."""
+        for name, value in snapshot.attributes.items():
+            setattr(self, name, list(value) if isinstance(value, list) else value)
 
     def begin_fit(self) -> None:
         state = self.learn.state
@@ -402,10 +430,7 @@ class ProgressCallback(Callback):
             cells = [f"{v:.6f}" for v in recorder.values[-1]]
             self._write(_row([str(self.epoch), *cells, _format_time(recorder.times[-1])]))
 
-    def after_fit(self) -> None:
-        self._close_all()
-
-    def on_exception(self, error: BaseException) -> None:
+    def teardown(self) -> None:
         self._close_all()
 
     def _write(self, line: str) -> None:

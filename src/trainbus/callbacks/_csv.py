@@ -87,11 +87,7 @@ class CSVLogger(Callback):
         self._file.flush()
 
     @override
-    def after_fit(self) -> None:
-        self._close()
-
-    @override
-    def on_exception(self, error: BaseException) -> None:
+    def teardown(self) -> None:
         self._close()
 
     def _close(self) -> None:

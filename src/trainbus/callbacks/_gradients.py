@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from typing_extensions import override
 
 from .._callback import Callback
-from .._checks import checked_int
+from .._checks import checked_float, checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelBatchException
-from ._precision import MixedPrecision
+from ._precision import MixedPrecision, on_gradient
 
 __all__ = ["GradientAccumulation", "GradientClip"]
 
@@ -68,7 +66,7 @@ class GradientAccumulation(Callback):
         def weigh(grad: torch.Tensor) -> torch.Tensor:
             return grad * weight
 
-        _on_gradient(loss, weigh)
+        on_gradient(loss, weigh)
         self._weighted_loss = loss
 
     @override
@@ -119,13 +117,8 @@ class GradientClip(Callback):
     run_after: ClassVar[SubscriberClasses] = (MixedPrecision, GradientAccumulation)
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
-        for name, value in (("max_norm", max_norm), ("norm_type", norm_type)):
-            if not _is_number(value) or not value > 0:
-                raise ValueError(f"GradientClip {name} must be a positive number, got {value!r}")
-        if math.isinf(max_norm):
-            raise ValueError(f"GradientClip max_norm must be finite, got {max_norm!r}")
-        self.max_norm: float = float(max_norm)
-        self.norm_type: float = float(norm_type)
+        self.max_norm: float = checked_float("GradientClip max_norm", max_norm)
+        self.norm_type: float = checked_float("GradientClip norm_type", norm_type, finite=False)
         self.grad_norm: torch.Tensor | None = None
 
     @override
@@ -135,18 +128,9 @@ class GradientClip(Callback):
         )
 
 
-def _on_gradient(loss: torch.Tensor, hook: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Make ``hook`` transform the gradient that flows out of ``loss`` in its backward."""
-    loss.register_hook(hook)  # pyright: ignore[reportUnknownMemberType]
-
-
 def _scale_grads(opt: torch.optim.Optimizer, factor: float) -> None:
     for group in opt.param_groups:
         params: list[torch.Tensor] = group["params"]
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(factor)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -12,7 +12,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
-from .._checks import checked_int
+from .._checks import checked_float, checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException, CancelValidException
 from ._core import Recorder, TrainEvalCallback
@@ -34,14 +34,6 @@ _SKIP_END: Final = 5
 _COUNTERS: Final[tuple[FieldName, ...]] = (
     "n_epoch", "epoch", "n_iter", "iter", "train_iter", "pct_train", "training", "dl",
 )  # fmt: skip
-
-
-def _check_lr(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"LRFinder {name} must be a number, got {type(value).__qualname__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"LRFinder {name} must be positive and finite, got {value!r}")
-    return float(value)
 
 
 @final
@@ -180,7 +172,8 @@ class LRFinder(Callback):
         stop_div: bool = True,
         beta: float = 0.98,
     ) -> None:
-        start_lr, end_lr = _check_lr("start_lr", start_lr), _check_lr("end_lr", end_lr)
+        start_lr = checked_float("LRFinder start_lr", start_lr, what="positive and finite")
+        end_lr = checked_float("LRFinder end_lr", end_lr, what="positive and finite")
         if end_lr <= start_lr:
             raise ValueError(f"LRFinder end_lr ({end_lr}) must exceed start_lr ({start_lr})")
         if not 0.0 <= beta < 1.0:
@@ -250,11 +243,7 @@ class LRFinder(Callback):
         raise CancelValidException
 
     @override
-    def after_fit(self) -> None:
-        self._restore()
-
-    @override
-    def on_exception(self, error: BaseException) -> None:
+    def teardown(self) -> None:
         self._restore()
 
     def _restore(self) -> None:
@@ -302,7 +291,7 @@ def lr_find(
         raise ValueError("lr_find needs training batches, but dls.train is empty")
     state = learn.state
     counters = {name: state.__dict__[name] for name in _COUNTERS if name in state.__dict__}
-    recorders = [(cb, dict(vars(cb))) for cb in state.callbacks if isinstance(cb, Recorder)]
+    recorders = [(cb, cb.snapshot()) for cb in state.callbacks if isinstance(cb, Recorder)]
     try:
         learn.fit(math.ceil(num_it / n_batches), cbs=[finder])
     finally:
@@ -311,9 +300,7 @@ def lr_find(
                 state.set_trusted(name, counters[name])
             else:
                 state.invalidate(name)
-        # Recorder.begin_fit rebinds its records rather than clearing them in place, so
-        # the shallow copy still holds the previous fit's.
-        for recorder, attributes in recorders:
-            vars(recorder).update(attributes)
+        for recorder, snapshot in recorders:
+            recorder.restore(snapshot)
         state.invalidate("smooth_loss")
     return finder.result()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Callable
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checks import checked_float
 
 __all__ = ["MixUp"]
 
@@ -27,8 +27,8 @@ class MixUp(Callback):
     permutation ``perm = torch.randperm(bs)``. Every input becomes
     ``torch.lerp(x[perm], x, lam)``, i.e. ``lam * x + (1 - lam) * x[perm]`` per sample.
 
-    For the fit, ``learn.loss_func`` is replaced by a wrapper (restored at ``after_fit``,
-    also when the fit is cancelled or fails). In training it computes per-sample losses
+    For the fit, ``learn.loss_func`` is replaced by a wrapper (restored at ``teardown``,
+    however the fit ends). In training it computes per-sample losses
     against the original targets ``yb`` and the partners' targets :attr:`yb1`
     (``y[perm]``), mixes them as ``lam * loss(yb) + (1 - lam) * loss(yb1)`` and reduces
     them as the original loss function does (mean, sum, or batchmean). In validation it calls the
@@ -47,9 +47,7 @@ class MixUp(Callback):
     """
 
     def __init__(self, alpha: float = 0.4) -> None:
-        if not _is_number(alpha) or not 0 < alpha < math.inf:
-            raise ValueError(f"MixUp alpha must be a positive finite number, got {alpha!r}")
-        self.alpha: float = float(alpha)
+        self.alpha: float = checked_float("MixUp alpha", alpha, what="a positive finite number")
         concentration = torch.tensor(self.alpha)
         self._distribution = torch.distributions.Beta(concentration, concentration)
         self.lam: torch.Tensor | None = None
@@ -94,11 +92,7 @@ class MixUp(Callback):
         self.lam, self.perm, self.yb1 = None, None, ()
 
     @override
-    def after_fit(self) -> None:
-        self._restore()
-
-    @override
-    def on_exception(self, error: BaseException) -> None:
+    def teardown(self) -> None:
         self._restore()
 
     def _restore(self) -> None:
@@ -151,7 +145,3 @@ def _per_sample_loss(loss_func: LossFunc) -> tuple[LossFunc, str]:
         setattr(unreduced, "reduction", "none")  # noqa: B010 (not declared on nn.Module)
         return unreduced, reduction
     return functools.partial(loss_func, reduction="none"), "mean"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -110,7 +110,7 @@ class MixedPrecision(Callback):
             return
         if loss.requires_grad:
             # Scale the gradient, not the value: the recorded loss stays the true loss.
-            _on_gradient(loss, scaler.scale)
+            on_gradient(loss, scaler.scale)
             self._scaled_loss = loss
 
     @override
@@ -154,11 +154,7 @@ class MixedPrecision(Callback):
         self._release()
 
     @override
-    def after_fit(self) -> None:
-        self._release()
-
-    @override
-    def on_exception(self, error: BaseException) -> None:
+    def teardown(self) -> None:
         self._release()
 
     @property
@@ -177,7 +173,7 @@ class MixedPrecision(Callback):
             context.__exit__(None, None, None)
 
 
-def _on_gradient(loss: torch.Tensor, hook: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def on_gradient(loss: torch.Tensor, hook: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Make ``hook`` transform the gradient that flows out of ``loss`` in its backward."""
     loss.register_hook(hook)  # pyright: ignore[reportUnknownMemberType]
 

@@ -20,6 +20,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checks import checked_float
 from .._hooks import SubscriberClasses
 from ._core import Recorder, TrainEvalCallback
 
@@ -42,16 +43,8 @@ class Schedule(Protocol):
     def __call__(self, pos: float, /) -> float: ...
 
 
-def _number(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner} {name} must be a real number, got {type(value).__qualname__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{owner} {name} must be finite, got {value!r}")
-    return float(value)
-
-
 def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    _number(type(instance).__qualname__, attribute.name, value)
+    checked_float(f"{type(instance).__qualname__} {attribute.name}", value, None)
 
 
 def _finite_positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -91,12 +84,9 @@ class SchedCos:
 
 
 def _positive(owner: str, name: str, value: object) -> float:
-    number = _number(owner, name, value)
-    if number <= 0.0:
-        raise ValueError(
-            f"{owner} {name} must be positive (the schedule is geometric), got {value!r}"
-        )
-    return number
+    return checked_float(
+        f"{owner} {name}", value, what="positive and finite (the schedule is geometric)"
+    )
 
 
 @final
@@ -177,7 +167,7 @@ def combine_schedules(pcts: Sequence[float], schedules: Sequence[Schedule]) -> S
         >>> warm(0.125), warm(0.25), warm(1.0)
         (0.5, 1.0, 0.0)
     """
-    fractions = [_number("combine_schedules", "pcts", p) for p in pcts]
+    fractions = [checked_float("combine_schedules pcts", p, None) for p in pcts]
     scheds = tuple(schedules)
     if not scheds or len(fractions) != len(scheds):
         raise ValueError(
@@ -222,7 +212,7 @@ def one_cycle_schedules(
     lr_max = _positive("one cycle", "lr_max", lr_max)
     div = _positive("one cycle", "div", div)
     div_final = _positive("one cycle", "div_final", div_final)
-    pct_start = _number("one cycle", "pct_start", pct_start)
+    pct_start = checked_float("one cycle pct_start", pct_start, None)
     if not 0.0 <= pct_start <= 1.0:
         raise ValueError(f"one cycle pct_start must be in [0, 1], got {pct_start!r}")
     pcts = (pct_start, 1.0 - pct_start)
@@ -233,7 +223,7 @@ def one_cycle_schedules(
     if moms is not None:
         if len(moms) != 3:
             raise ValueError(f"one cycle moms must hold 3 momentums, got {moms!r}")
-        m0, m1, m2 = (_number("one cycle", "moms", m) for m in moms)
+        m0, m1, m2 = (checked_float("one cycle moms", m, None) for m in moms)
         if not all(0.0 <= m < 1.0 for m in (m0, m1, m2)):
             raise ValueError(f"one cycle moms must each be in [0, 1), got {moms!r}")
         scheds["mom"] = combine_schedules(pcts, [SchedCos(m0, m1), SchedCos(m1, m2)])

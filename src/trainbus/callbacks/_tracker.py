@@ -14,7 +14,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
-from .._checks import checked_int
+from .._checks import checked_float, checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException
 from ._core import Recorder
@@ -28,10 +28,6 @@ __all__ = [
 
 Comparison = Callable[[float, float], bool]
 """``comp(a, b)`` is true when ``a`` is better than ``b`` (``operator.lt`` for losses)."""
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _require(ok: object, owner: str, name: str, what: str, value: object) -> None:
@@ -83,17 +79,13 @@ class TrackerCallback(Callback):
     ) -> None:
         owner = type(self).__name__
         _require(_name(monitor), owner, "monitor", "a non-empty name", monitor)
-        _require(
-            _number(min_delta) and 0 <= min_delta < math.inf,
-            owner,
-            "min_delta",
-            "finite and >= 0",
-            min_delta,
+        min_delta = checked_float(
+            f"{owner} min_delta", min_delta, inclusive=True, what="finite and >= 0"
         )
         self.monitor = monitor
         lower_is_better = "loss" in monitor or "error" in monitor
         self.comp: Comparison = comp or (operator.lt if lower_is_better else operator.gt)
-        self.min_delta: float = float(min_delta)
+        self.min_delta: float = min_delta
         self.reset_on_fit = reset_on_fit
         self.best: float | None = None
         self.new_best: bool = False
@@ -272,11 +264,12 @@ class ReduceLROnPlateau(TrackerCallback):
     ) -> None:
         super().__init__(monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
         self.patience: int = checked_int("ReduceLROnPlateau patience", patience)
-        owner = "ReduceLROnPlateau"
-        _require(_number(factor) and factor > 1, owner, "factor", "greater than 1", factor)
-        _require(_number(min_lr) and min_lr >= 0, owner, "min_lr", ">= 0", min_lr)
-        self.factor: float = float(factor)
-        self.min_lr: float = float(min_lr)
+        self.factor: float = checked_float(
+            "ReduceLROnPlateau factor", factor, 1.0, what="greater than 1"
+        )
+        self.min_lr: float = checked_float(
+            "ReduceLROnPlateau min_lr", min_lr, inclusive=True, what=">= 0"
+        )
         self.wait: int = 0
 
     @override
