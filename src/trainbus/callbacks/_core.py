@@ -173,17 +173,14 @@ class Recorder(Callback):
 
         ``learn.lr_find()`` uses it to leave the previous fit's records in place.
         """
-        attributes = {
-            name: list(value) if isinstance(value, list) else value
-            for name, value in vars(self).items()
-            if name != "_learner"
-        }
+        attributes = {name: _copied(value) for name, value in vars(self).items()}
+        attributes.pop("_learner", None)  # the attachment is not a record
         return RecorderSnapshot(attributes)
 
     def restore(self, snapshot: RecorderSnapshot) -> None:
         """Put back what :meth:`snapshot` saved: the records of the fit before it."""
         for name, value in snapshot.attributes.items():
-            setattr(self, name, list(value) if isinstance(value, list) else value)
+            setattr(self, name, _copied(value))
 
     def begin_fit(self) -> None:
         state = self.learn.state
@@ -322,6 +319,11 @@ class Recorder(Callback):
         from ._plots import plot_losses
 
         plot_losses(self, path, skip_start=skip_start, with_valid=with_valid)
+
+
+def _copied(value: object) -> object:
+    """``value``, or a copy of it when it is a list: records grow in place."""
+    return list(cast("list[object]", value)) if isinstance(value, list) else value
 
 
 def _to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[float]]:
