@@ -4,14 +4,17 @@ Every Tensor method that reads a value back to the host (``item``, ``tolist``, `
 ``numpy``, ``bool(t)``, ``float(t)``, ``int(t)``, ``operator.index(t)``, ``format(t)``)
 is replaced by a counting wrapper, and plain-function subscribers placed first and last
 in every event note where each read happens: inside which event's dispatch, or in the
-loop's own code between events.
+loop's own code between events. The fits run on the CPU and, where CUDA exists, on the GPU
+too, with the data on the device and ``torch.cuda.set_sync_debug_mode("error")``, which
+turns every synchronisation of the host with the GPU into an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Final
 
 import pytest
@@ -38,6 +41,7 @@ BATCH_EVENTS: Final = frozenset(
         Event.after_cancel_batch,
     }
 )
+DEVICES: Final = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 LOOP: Final = "loop"  # where a read happened outside every event's dispatch
 OUTSIDE: Final = "outside"  # before begin_fit or after after_fit
 
@@ -83,21 +87,46 @@ class SyncLog:
         return [where for where in self.where if where in BATCH_EVENTS or where == LOOP]
 
 
-def classifier(n_train: int, n_valid: int, cbs: Sequence[Callback] = ()) -> Learner:
-    """Linear(4, 3) with cross-entropy and accuracy, on ``n_*`` shuffled batches of 5 rows."""
+def classifier(
+    n_train: int, n_valid: int, cbs: Sequence[Callback] = (), device: str = "cpu"
+) -> Learner:
+    """Linear(4, 3) with cross-entropy and accuracy, on ``n_*`` shuffled batches of 5 rows.
+
+    The data is on ``device`` (``from_tensors(device=...)``), as is the model.
+    """
     g = torch.Generator().manual_seed(0)
     n, cut = 5 * (n_train + n_valid), 5 * n_train
     x, y = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
-    dls = DataLoaders.from_tensors((x[:cut], y[:cut]), (x[cut:], y[cut:]), bs=5, valid_bs=5, seed=0)
+    dls = DataLoaders.from_tensors(
+        (x[:cut], y[:cut]), (x[cut:], y[cut:]), bs=5, valid_bs=5, seed=0, device=device
+    )
     model = nn.Linear(4, 3)
-    return Learner(model, dls, nn.functional.cross_entropy, cbs=cbs, metrics=[accuracy])
+    return Learner(
+        model, dls, nn.functional.cross_entropy, cbs=cbs, metrics=[accuracy], device=device
+    )
+
+
+@contextlib.contextmanager
+def no_device_sync(learn: Learner) -> Generator[None, None, None]:
+    """On CUDA, make any host synchronisation an error inside the block (after a warm-up
+    fit: CUDA initialises lazily); elsewhere, nothing."""
+    if learn.device.type != "cuda":
+        yield
+        return
+    learn.fit(1)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def fit_logged(monkeypatch: pytest.MonkeyPatch, learn: Learner, n_epoch: int = 2) -> SyncLog:
-    log = SyncLog(monkeypatch)
-    log.attach(learn)
-    learn.fit(n_epoch)
-    monkeypatch.undo()
+    with no_device_sync(learn):
+        log = SyncLog(monkeypatch)
+        log.attach(learn)
+        learn.fit(n_epoch)
+        monkeypatch.undo()
     return log
 
 
@@ -113,13 +142,14 @@ def test_the_counter_sees_every_kind_of_host_read(monkeypatch: pytest.MonkeyPatc
     assert set(log.calls) == set(SYNC_METHODS)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("metrics", [True, False])
 def test_reads_do_not_grow_with_the_number_of_batches(
-    monkeypatch: pytest.MonkeyPatch, metrics: bool
+    monkeypatch: pytest.MonkeyPatch, metrics: bool, device: str
 ) -> None:
     logs: list[SyncLog] = []
     for n_batches in (2, 7):
-        learn = classifier(n_batches, n_batches)
+        learn = classifier(n_batches, n_batches, device=device)
         if not metrics:
             learn.metrics.clear()
         logs.append(fit_logged(monkeypatch, learn))
@@ -128,10 +158,11 @@ def test_reads_do_not_grow_with_the_number_of_batches(
     assert many.where == few.where
 
 
+@pytest.mark.parametrize("device", DEVICES)
 def test_default_callbacks_read_nothing_back_during_a_fit(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, device: str
 ) -> None:
-    learn = classifier(4, 3)
+    learn = classifier(4, 3, device=device)
     log = fit_logged(monkeypatch, learn, n_epoch=3)
     assert log.calls == []  # the per-epoch rows wait until they are read
     log = SyncLog(monkeypatch)

@@ -8,6 +8,7 @@ from typing import Any, Protocol, final, runtime_checkable
 import torch
 
 from ._checks import checked_int
+from ._devices import DeviceLike, resolve_device, to_device
 
 __all__ = ["BatchSource", "DataLoaders", "TensorBatches"]
 
@@ -76,7 +77,10 @@ class TensorBatches:
         tensors = self.tensors
         if self.shuffle:
             first = tensors[0]
-            perm = torch.randperm(first.shape[0], generator=self.generator).to(first.device)
+            perm = torch.randperm(first.shape[0], generator=self.generator)
+            # Drawn on the CPU (the generator's device, and the same order on every
+            # device); copied without waiting, so a GPU-resident set costs no host sync.
+            perm = perm.to(first.device, non_blocking=True)
             tensors = tuple(t[perm] for t in tensors)
         bs = self.bs
         for start in range(0, len(self) * bs, bs):
@@ -119,6 +123,7 @@ class DataLoaders:
         valid_bs: int | None = None,
         shuffle: bool = True,
         seed: int | None = None,
+        device: DeviceLike | None = None,
     ) -> DataLoaders:
         """Batches sliced from in-memory tensors: the fast path for data that fits.
 
@@ -129,8 +134,18 @@ class DataLoaders:
             valid_bs: Validation batch size (default: twice ``bs``, as it needs no grads).
             shuffle: Shuffle the training set every epoch (validation is never shuffled).
             seed: Seed of the shuffling, for reproducible runs.
+            device: Move the tensors there once (``"cuda"``, ``"mps"``, ...): the whole
+                data set stays on the device, and batches are views of it, so no batch
+                is copied during the fit. ``None``: leave them where they are.
+
+        Raises:
+            ValueError: ``device`` is unknown or not available on this machine.
         """
         bs = checked_int("bs", bs)
+        if device is not None:
+            target = resolve_device(device)
+            train = to_device(list(train), target)
+            valid = None if valid is None else to_device(list(valid), target)
         valid_bs = 2 * bs if valid_bs is None else checked_int("valid_bs", valid_bs)
         generator = None
         if seed is not None:

@@ -14,6 +14,7 @@ from ._bus import EventBus
 from ._callback import Callback, state_write_error
 from ._checks import checked_float, checked_int
 from ._data import DataLoaders
+from ._devices import DeviceLike, batch_mover, resolve_device
 from ._events import Event, Stage
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
 from ._views import StateWriter
@@ -133,11 +134,19 @@ class Learner(StateWriter):
         metrics: ``metric(pred, target) -> Tensor`` functions, averaged over the
             validation set by the Recorder.
         n_inp: How many leading elements of a batch are the model's inputs.
+        device: Where to train (``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``, a
+            ``torch.device``); ``None``: the first available of CUDA, MPS, CPU. The model
+            is moved there once; each batch's tensors are moved there before
+            ``begin_batch`` (not copied when there already).
+
+    Raises:
+        ValueError: ``device`` is unknown or not available on this machine.
     """
 
     # No __dict__: assigning a misspelt name (learn.los = ...) is an error, never a new
     # attribute that the loop would ignore.
     __slots__ = (
+        "_device",
         "_functions",
         "_loop_code",
         "_train_batch",
@@ -159,6 +168,7 @@ class Learner(StateWriter):
         metrics: Sequence[Metric] | None = None,
         *,
         n_inp: int = 1,
+        device: DeviceLike | None = None,
     ) -> None:
         # Checks of what the annotations promise: callers without a type checker exist.
         if not isinstance(model, nn.Module):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -173,6 +183,8 @@ class Learner(StateWriter):
         for metric in metrics:
             if not callable(metric):
                 raise TypeError(f"metrics must be callables, got {type(metric).__qualname__}")
+        self._device: Final = resolve_device(device)
+        model.to(self._device)  # before the optimizer is made: it holds the parameters
         self.state: Final = TrainingState(
             model=model,
             dls=dls,
@@ -195,6 +207,11 @@ class Learner(StateWriter):
 
     def _state(self) -> TrainingState:
         return self.state
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model and each batch are on (with its index: ``cuda:0``)."""
+        return self._device
 
     def __repr__(self) -> str:
         names = ", ".join(type(cb).__name__ for cb in self.state.callbacks)
@@ -424,17 +441,18 @@ class Learner(StateWriter):
         self.state.drop_batch()  # no batch is in flight in after_train / after_validate
 
     def _batches(self) -> Generator[None, None, None]:
-        """Put each batch of the phase's loader into the state, then yield."""
+        """Put each batch of the phase's loader into the state, on the device, then yield."""
         values, n_inp = self.state.trusted_values, self.n_inp
         pairs = n_inp == 1
+        move = batch_mover(self._device, values["dl"])
         batch: Sequence[object]  # what a BatchSource yields; untyped sources may yield anything
         for i, batch in enumerate(values["dl"]):
             match batch:
                 case (x, y) if pairs:  # (input, target), split without slicing
-                    values["xb"] = (x,)
-                    values["yb"] = (y,)
+                    values["xb"] = (move(x),)
+                    values["yb"] = (move(y),)
                 case [*_]:
-                    items = tuple(batch)
+                    items = tuple(map(move, batch))
                     values["xb"] = items[:n_inp]
                     values["yb"] = items[n_inp:]
                 case _:

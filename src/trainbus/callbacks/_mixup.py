@@ -81,10 +81,12 @@ class MixUp(Callback):
                     f"MixUp mixes inputs linearly, so they must be floating point; xb[{i}] "
                     f"has dtype {x.dtype}"
                 )
-            perm_x = perm.to(x.device)
-            mixed.append(torch.lerp(x[perm_x], x, _per_row(lam.to(x), x.dim())))
+            perm_x = _on_device_of(perm, x)
+            mixed.append(
+                torch.lerp(x[perm_x], x, _per_row(_on_device_of(lam, x, x.dtype), x.dim()))
+            )
         self.lam, self.perm = lam, perm
-        self.yb1 = tuple(y[perm.to(y.device)] for y in yb)
+        self.yb1 = tuple(y[_on_device_of(perm, y)] for y in yb)
         self.learn.xb = tuple(mixed)
 
     @override
@@ -121,7 +123,9 @@ class MixUp(Callback):
                 f"MixUp needs one loss per sample from loss_func with reduction='none'; got "
                 f"shape {tuple(loss.shape)} for a batch of {lam.shape[0]}"
             )
-        mixed = torch.lerp(loss_shuffled, loss, _per_row(lam.to(loss), loss.dim()))
+        mixed = torch.lerp(
+            loss_shuffled, loss, _per_row(_on_device_of(lam, loss, loss.dtype), loss.dim())
+        )
         reduction = self._reduction
         if reduction == "none":
             return mixed
@@ -130,6 +134,13 @@ class MixUp(Callback):
         if reduction == "batchmean":  # nn.KLDivLoss
             return mixed.sum() / lam.shape[0]
         return mixed.mean()
+
+
+def _on_device_of(
+    value: torch.Tensor, other: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``value`` (drawn on the CPU) on ``other``'s device, copied without a host sync."""
+    return value.to(device=other.device, dtype=dtype, non_blocking=True)
 
 
 def _per_row(weights: torch.Tensor, ndim: int) -> torch.Tensor:
