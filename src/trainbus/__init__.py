@@ -7,6 +7,7 @@ their declared dependencies, and cancel stages with typed signals.
 
 from ._bus import EventBus, Handler
 from ._callback import Callback
+from ._checkpoint import CheckpointError
 from ._data import BatchSource, DataLoaders, TensorBatches
 from ._events import Event, Stage
 from ._hooks import HookError, Subscriber
@@ -38,6 +39,7 @@ __all__ = [
     "CancelFitException",
     "CancelTrainException",
     "CancelValidException",
+    "CheckpointError",
     "DataLoaders",
     "Event",
     "EventBus",

@@ -58,6 +58,20 @@ class Callback(Subscriber, StateView):
     def _state(self) -> TrainingState:
         return self.learn.state
 
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback must keep for a fit to resume exactly from a checkpoint.
+
+        Default: nothing (``{}``). A callback whose attributes change during a fit (counters,
+        records, a best value) returns them here, as tensors, numbers, strings, and lists,
+        tuples and dicts of those (what ``torch.load(weights_only=True)`` reads back), and
+        restores them in :meth:`load_state_dict`. On resume, the fit's ``begin_*`` events
+        run first, then ``load_state_dict``: what ``begin_fit`` resets is overwritten.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned. Default: nothing to restore."""
+
     if not TYPE_CHECKING:  # type checkers report these writes themselves
 
         def __setattr__(self, name: str, value: Any) -> None:

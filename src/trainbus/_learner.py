@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Generator, Iterable, Sequence
+from pathlib import Path
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -12,6 +14,7 @@ from torch import nn
 
 from ._bus import EventBus
 from ._callback import Callback, state_write_error
+from ._checkpoint import load_checkpoint, save_checkpoint
 from ._checks import checked_float, checked_int
 from ._data import DataLoaders
 from ._devices import DeviceLike, batch_mover, resolve_device
@@ -296,6 +299,43 @@ class Learner(StateWriter):
     def _sync_cbs(self) -> None:
         cbs = tuple(s for s in self.bus.subscribers if isinstance(s, Callback))
         self.state.set_trusted("cbs", cbs)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path: str | os.PathLike[str], *, with_opt: bool = True) -> Path:
+        """Write the model's weights (and the optimizer's state) to ``path``, atomically.
+
+        The file is written under a temporary name, flushed and renamed, so ``path`` holds
+        the old file or the new one, never half of one. The weights are those of the
+        module inside ``torch.compile`` or data-parallel wrappers. A resumable training
+        checkpoint (with callbacks, counters, RNG and data position) is written by
+        :class:`~trainbus.callbacks.Checkpoint`; ``learn.load`` reads the weights of both.
+
+        Returns:
+            The path written.
+        """
+        return save_checkpoint(self, path, with_opt=with_opt)
+
+    def load(
+        self, path: str | os.PathLike[str], *, with_opt: bool = True, strict: bool = True
+    ) -> None:
+        """Load the model's weights (and the optimizer's state) from ``path``.
+
+        The file is read with ``torch.load(weights_only=True)`` and checked against the
+        model and optimizer before anything changes.
+
+        Args:
+            path: A file written by :meth:`save` or :class:`~trainbus.callbacks.Checkpoint`.
+            with_opt: Load the optimizer's state too.
+            strict: The checkpoint's parameter names must be exactly the model's.
+
+        Raises:
+            FileNotFoundError: No file at ``path``.
+            CheckpointError: The file is truncated, corrupt, not a trainbus checkpoint, of a
+                newer format, or does not fit the model (the first mismatching key and its
+                shapes are named) or the optimizer.
+        """
+        load_checkpoint(self, path, with_opt=with_opt, strict=strict)
 
     # ------------------------------------------------------------------- the loop
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import operator
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +14,7 @@ from typing_extensions import override
 
 from .._callback import Callback
 from .._checks import checked_float, checked_int
+from .._files import atomic_save
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException
 from ._core import Recorder
@@ -200,7 +200,7 @@ class SaveModelCallback(TrackerCallback):
         state: object = model_state
         if self.with_opt:
             state = {"model": model_state, "opt": self.opt.state_dict()}
-        _atomic_save(state, target)
+        atomic_save(state, target)
 
     def _load(self, source: Path) -> None:
         state: dict[str, Any] = torch.load(source, map_location="cpu", weights_only=True)
@@ -209,30 +209,6 @@ class SaveModelCallback(TrackerCallback):
             self.opt.load_state_dict(state["opt"])
         else:
             self.model.load_state_dict(state)
-
-
-def _atomic_save(obj: object, target: Path) -> None:
-    """``torch.save(obj, target)`` such that ``target`` is either the old or the new file.
-
-    Writes a temporary file in ``target``'s folder, flushes and fsyncs it, and renames it
-    over ``target``; on any failure the temporary file is removed and the error re-raised.
-    """
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
 
 
 class ReduceLROnPlateau(TrackerCallback):
