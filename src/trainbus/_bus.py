@@ -142,6 +142,31 @@ class EventBus:
             raise ValueError(f"{type(subscriber).__qualname__} instance is not registered")
         self._rebuild(kept)
 
+    def suspend(self, subscribers: Iterable[Subscriber]) -> Callable[[], None]:
+        """Unregister ``subscribers`` until the returned function is called.
+
+        That function registers them again with their original registration index, so
+        they take back the places they had (ordering depends on registration order), and
+        it skips any that were registered again meanwhile.
+
+        Raises:
+            ValueError: One of them is not registered.
+        """
+        chosen = list(subscribers)
+        for subscriber in chosen:
+            if not any(entry.subscriber is subscriber for entry in self._entries):
+                raise ValueError(f"{type(subscriber).__qualname__} instance is not registered")
+        ids = {id(subscriber) for subscriber in chosen}
+        held = [entry for entry in self._entries if id(entry.subscriber) in ids]
+        self._rebuild([entry for entry in self._entries if id(entry.subscriber) not in ids])
+
+        def restore() -> None:
+            present = {id(entry.subscriber) for entry in self._entries}
+            back = [entry for entry in held if id(entry.subscriber) not in present]
+            self._rebuild(sorted([*self._entries, *back], key=lambda entry: entry.seq))
+
+        return restore
+
     def subscribe(self, event: Event, function: Handler, *, order: int = 0) -> None:
         """Call ``function()`` at every ``event``, placed among subscribers by ``order``.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._hooks import Subscriber
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS
@@ -32,6 +32,12 @@ class Callback(Subscriber, StateView):
         ...     def after_loss(self) -> None:
         ...         self.learn.loss = self.loss.clamp(max=10.0)
     """
+
+    run_in_auxiliary: ClassVar[bool] = True
+    """Whether this callback acts during auxiliary runs (``lr_find``, ``validate``,
+    ``get_preds``, ``predict``). Trackers, loggers, schedulers and checkpoint writers set
+    it ``False``: they are detached for such a run, so it cannot stop early, log, write a
+    checkpoint or step a schedule; they are put back in their places when it ends."""
 
     _learner: Learner | None = None
 

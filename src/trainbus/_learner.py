@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -296,6 +297,19 @@ class Learner(StateWriter):
         """Print, event by event, which callbacks run and in what order."""
         print(self.bus.describe())
 
+    @contextlib.contextmanager
+    def _auxiliary_run(self) -> Iterator[None]:
+        """Detach the callbacks with ``run_in_auxiliary = False`` for an auxiliary run
+        (``lr_find``, ``validate``, ``get_preds``, ``predict``), and put them back in their
+        original places however it ends."""
+        restore = self.bus.suspend(cb for cb in self.state.cbs if not cb.run_in_auxiliary)
+        self._sync_cbs()
+        try:
+            yield
+        finally:
+            restore()
+            self._sync_cbs()
+
     def _sync_cbs(self) -> None:
         cbs = tuple(s for s in self.bus.subscribers if isinstance(s, Callback))
         self.state.set_trusted("cbs", cbs)
@@ -449,7 +463,8 @@ class Learner(StateWriter):
         """
         from .callbacks._lr_finder import lr_find
 
-        return lr_find(self, start_lr, end_lr, num_it, stop_div)
+        with self._auxiliary_run():
+            return lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     def _all_epochs(self) -> None:
         state, run, one_epoch = self.state, self.bus.run, self._one_epoch

@@ -40,6 +40,7 @@ class CSVLogger(Callback):
     """
 
     run_after: ClassVar[SubscriberClasses] = Recorder
+    run_in_auxiliary: ClassVar[bool] = False  # lr_find, validate, ...: detached
 
     def __init__(self, fname: str | os.PathLike[str] = "history.csv", append: bool = False) -> None:
         self.fname: Path = Path(fname)

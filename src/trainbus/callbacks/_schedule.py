@@ -299,6 +299,7 @@ class ParamScheduler(Callback):
 
     run_after: ClassVar[SubscriberClasses] = TrainEvalCallback
     run_before: ClassVar[SubscriberClasses] = Recorder
+    run_in_auxiliary: ClassVar[bool] = False  # lr_find, validate, ...: detached
 
     def __init__(self, scheds: Mapping[str, Schedule]) -> None:
         if not scheds:

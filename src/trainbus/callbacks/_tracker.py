@@ -68,6 +68,7 @@ class TrackerCallback(Callback):
     """
 
     run_after: ClassVar[SubscriberClasses] = Recorder
+    run_in_auxiliary: ClassVar[bool] = False  # lr_find, validate, ...: detached
 
     def __init__(
         self,
