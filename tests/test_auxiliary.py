@@ -20,7 +20,6 @@ from trainbus.callbacks import (
     Recorder,
     ReduceLROnPlateau,
     SaveModelCallback,
-    SchedConst,
     TrainEvalCallback,
 )
 
@@ -113,10 +112,10 @@ def test_bus_suspend_restores_registration_places() -> None:
     a, b, c = Counter(), Mid(), QuietCounter()
     bus = EventBus([a, b, c])
     restore = bus.suspend([b])
-    assert bus.subscribers == (a, c)
+    assert list(bus.subscribers) == [a, c]
     d = Counter()
     bus.add(d)
     restore()
-    assert bus.subscribers == (a, b, c, d)
+    assert list(bus.subscribers) == [a, b, c, d]
     with pytest.raises(ValueError, match="not registered"):
         bus.suspend([Counter()])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -298,7 +298,7 @@ class Learner(StateWriter):
         print(self.bus.describe())
 
     @contextlib.contextmanager
-    def _auxiliary_run(self) -> Iterator[None]:
+    def _auxiliary_run(self) -> Generator[None, None, None]:
         """Detach the callbacks with ``run_in_auxiliary = False`` for an auxiliary run
         (``lr_find``, ``validate``, ``get_preds``, ``predict``), and put them back in their
         original places however it ends."""

@@ -280,7 +280,8 @@ def lr_find(
     Fits for enough epochs to see ``num_it`` training batches (cycling the training
     data). Besides the model and optimizer (which the finder restores), the Recorder's
     records and the loop counters are put back, so ``learn.recorder`` still shows the
-    previous fit. ``Learner.lr_find`` runs it as an auxiliary run. The random number generators are not rewound.
+    previous fit. ``Learner.lr_find`` runs it as an auxiliary run. The random number
+    generators are not rewound.
 
     Raises:
         ValueError: The training data has no batches, or an argument is out of range.

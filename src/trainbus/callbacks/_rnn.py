@@ -31,19 +31,19 @@ class ModelResetter(Callback):
         reset()
 
 
-def _last_layer(part: object, what: str) -> torch.Tensor:
+def _last_layer(part: Any, what: str) -> torch.Tensor:
     """The last layer's activations: ``part`` itself when it is a tensor (a model that
     returns one layer's activations, as fastbook's ``LMModel7``), else ``part[-1]`` (a
     per-layer list or tuple, AWD-LSTM style)."""
     if isinstance(part, torch.Tensor):
         return part
-    if isinstance(part, list | tuple) and part:
-        last = cast("Sequence[object]", part)[-1]
-        if isinstance(last, torch.Tensor):
-            return last
+    if isinstance(part, list | tuple):
+        layers = cast("Sequence[object]", part)
+        if layers and isinstance(layers[-1], torch.Tensor):
+            return layers[-1]
     raise TypeError(
         f"RNNRegularizer: {what} must be a tensor or a non-empty list/tuple of per-layer "
-        f"tensors, got {type(part).__qualname__}"
+        f"tensors, got {type(cast(object, part)).__qualname__}"
     )
 
 
