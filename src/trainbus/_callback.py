@@ -39,6 +39,10 @@ class Callback(Subscriber, StateView):
     it ``False``: they are detached for such a run, so it cannot stop early, log, write a
     checkpoint or step a schedule; they are put back in their places when it ends."""
 
+    rank_zero_only: ClassVar[bool] = False
+    """Whether it runs on rank 0 only in a distributed fit (progress bars, loggers,
+    checkpoint writers set it True)."""
+
     _learner: Learner | None = None
 
     @property

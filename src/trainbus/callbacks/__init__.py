@@ -2,14 +2,17 @@
 
 Defaults (every Learner has them): :class:`TrainEvalCallback`, :class:`Recorder`,
 :class:`ProgressCallback`. From the source design: :class:`ModelResetter`,
-:class:`RNNRegularizer`, :class:`TerminateOnNaNCallback`.
+:class:`RNNRegularizer`, :class:`TerminateOnNaNCallback`. Loggers follow :class:`Logger`:
+:class:`CSVLogger`, :class:`TensorBoardLogger`, :class:`MLflowLogger`.
 """
 
 from ._core import ProgressCallback, Recorder, RecorderSnapshot, TrainEvalCallback
 from ._csv import CSVLogger
 from ._gradients import GradientAccumulation, GradientClip
+from ._logger import HParam, Logger
 from ._lr_finder import LRFinder, LRFinderResult
 from ._mixup import MixUp
+from ._mlflow import MLflowLogger
 from ._nan import TerminateOnNaNCallback
 from ._plots import plot_schedule
 from ._precision import MixedPrecision
@@ -25,6 +28,7 @@ from ._schedule import (
     combine_schedules,
     one_cycle_schedules,
 )
+from ._tensorboard import TensorBoardLogger
 from ._tracker import (
     EarlyStoppingCallback,
     ReduceLROnPlateau,
@@ -37,8 +41,11 @@ __all__ = [
     "EarlyStoppingCallback",
     "GradientAccumulation",
     "GradientClip",
+    "HParam",
     "LRFinder",
     "LRFinderResult",
+    "Logger",
+    "MLflowLogger",
     "MixUp",
     "MixedPrecision",
     "ModelResetter",
@@ -55,6 +62,7 @@ __all__ = [
     "SchedLin",
     "SchedNo",
     "Schedule",
+    "TensorBoardLogger",
     "TerminateOnNaNCallback",
     "TrackerCallback",
     "TrainEvalCallback",

@@ -280,8 +280,12 @@ class Recorder(Callback):
             self._n_chunked += len(self._recent)
             self._recent = []
 
-    def _last_losses(self, n: int) -> torch.Tensor:
-        """The last ``n`` (>= 1) recorded losses, as one 1-D tensor."""
+    def last_losses(self, n: int) -> torch.Tensor:
+        """The last ``n`` (>= 1) recorded training losses, as one 1-D tensor on their device.
+
+        Nothing is read back to the host: loggers stack the recent losses with this and
+        read them in one transfer.
+        """
         parts: list[torch.Tensor] = []
         if self._recent:
             latest = self._recent[-n:]
@@ -298,7 +302,7 @@ class Recorder(Callback):
     def _smooth_loss(self) -> torch.Tensor:
         k = self._n_losses - self._ema_count  # losses recorded since the last read
         if k:
-            values = self._last_losses(k).float()
+            values = self.last_losses(k).float()
             beta = self.beta
             powers = torch.arange(k - 1, -1, -1, dtype=values.dtype, device=values.device)
             folded = (1 - beta) * (beta**powers * values).sum()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from typing_extensions import override
 
-from .._callback import Callback
-from .._hooks import SubscriberClasses
-from ._core import Recorder
+from ._logger import Logger
 
 if TYPE_CHECKING:
     from io import TextIOWrapper
@@ -19,8 +18,10 @@ if TYPE_CHECKING:
 __all__ = ["CSVLogger"]
 
 
-class CSVLogger(Callback):
+class CSVLogger(Logger):
     """Writes one row per epoch: ``epoch``, the Recorder's columns, ``time``.
+
+    A :class:`Logger` of per-epoch values only.
 
     The columns are ``epoch`` (0-based, within the fit), ``train_loss``,
     ``valid_loss``, one per metric, and ``time`` (the epoch's seconds). Numbers are
@@ -39,9 +40,6 @@ class CSVLogger(Callback):
             than this fit's.
     """
 
-    run_after: ClassVar[SubscriberClasses] = Recorder
-    run_in_auxiliary: ClassVar[bool] = False  # lr_find, validate, ...: detached
-
     def __init__(self, fname: str | os.PathLike[str] = "history.csv", append: bool = False) -> None:
         self.fname: Path = Path(fname)
         self.append = append
@@ -54,8 +52,7 @@ class CSVLogger(Callback):
         return ["epoch", *self.learn.recorder.metric_names, "time"]
 
     @override
-    def begin_fit(self) -> None:
-        self._close()  # a previous fit that neither ended nor raised through the bus
+    def start(self) -> None:
         columns = self.columns
         path = self.fname
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,21 +74,14 @@ class CSVLogger(Callback):
             self._file.flush()
 
     @override
-    def after_epoch(self) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self._file is None or self._writer is None:
             return
-        recorder = self.learn.recorder
-        values = dict(zip(recorder.metric_names, recorder.values[-1], strict=True))
-        row = {"epoch": str(self.epoch), **{k: repr(v) for k, v in values.items()}}
-        row["time"] = repr(recorder.times[-1])
-        self._writer.writerow(row)
+        self._writer.writerow({"epoch": str(step), **{k: repr(v) for k, v in metrics.items()}})
         self._file.flush()
 
     @override
-    def teardown(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def close(self, error: BaseException | None) -> None:
         file, self._file, self._writer = self._file, None, None
         if file is not None:
             file.close()

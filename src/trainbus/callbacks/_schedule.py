@@ -238,13 +238,25 @@ _Target = tuple[Literal["key", "beta1"], str]
 _ALIASES: Final = {"wd": "weight_decay"}
 
 
+def momentum_key(group: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """Where a param group keeps its momentum: ``(key, whether it is the first of a tuple)``.
+
+    ``("momentum", False)`` for SGD-like optimizers, ``("betas", True)`` for Adam-like
+    ones, ``None`` for those with neither.
+    """
+    if "momentum" in group:
+        return ("momentum", False)
+    if "betas" in group:
+        return ("betas", True)
+    return None
+
+
 def _target(name: str, group: Mapping[str, Any], opt: torch.optim.Optimizer) -> _Target:
     kind = type(opt).__qualname__
     if name == "mom":
-        if "momentum" in group:
-            return ("key", "momentum")
-        if "betas" in group:
-            return ("beta1", "betas")
+        found = momentum_key(group)
+        if found is not None:
+            return ("beta1", found[0]) if found[1] else ("key", found[0])
         raise ValueError(
             f"ParamScheduler cannot schedule 'mom': the param groups of {kind} have neither "
             "'momentum' (SGD-like) nor 'betas' (Adam-like)"
