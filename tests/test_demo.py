@@ -95,3 +95,37 @@ def test_console_entry_point_runs_as_module(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "--epochs" in done.stdout and "--plot" in done.stdout
+
+
+@pytest.mark.slow  # a new MLflow store runs its schema migrations: seconds
+def test_demo_logs_to_tensorboard_and_mlflow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from test_mlflow import artifacts
+
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    argv = ["demo", "--epochs", "2", "--tensorboard", str(tmp_path / "tb"), "--mlflow", uri]
+    assert main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[1:3]
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("trainbus-demo")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    accuracy = [f"{m.value:.6f}" for m in client.get_metric_history(run.info.run_id, "accuracy")]
+    assert accuracy == [row.split()[3] for row in rows]  # the printed table's column
+    assert artifacts(client, run.info.run_id, "model") == ["model/digits.pth"]
+
+
+def test_demo_names_a_missing_logger_package(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert main(["demo", "--epochs", "1", "--tensorboard", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "trainbus: TensorBoardLogger needs the tensorboard package: pip install" in err

@@ -14,10 +14,10 @@ from trainbus.callbacks import MLflowLogger, SaveModelCallback
 
 pytest.importorskip("mlflow", reason='needs pip install "trainbus[mlflow]"')
 
+from mlflow.tracking import MlflowClient
+
 # A new SQLite store runs MLflow's schema migrations: seconds, once for the module.
 pytestmark = pytest.mark.slow
-
-from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,13 @@ def learner(*cbs: Callback) -> Learner:
         cbs=cbs,
         metrics=[mae],
     )
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    """The paths of the run's artifacts under ``path``."""
+    # MlflowClient.list_artifacts leaves ``path`` unannotated.
+    found = client.list_artifacts(run_id, path)  # pyright: ignore[reportUnknownMemberType]
+    return [info.path for info in found]
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -70,9 +77,8 @@ def test_params_metrics_and_the_saved_model(store: str, tmp_path: Path) -> None:
     assert history(client, logger.run_id, "step/lr") == list(enumerate(recorder.lrs))
     assert history(client, logger.run_id, "step/mom") == [(i, 0.0) for i in range(8)]
     # The best model SaveModelCallback wrote, as an artifact that loads back.
-    (artifact,) = client.list_artifacts(logger.run_id, "model")
-    assert artifact.path == "model/model.pth"
-    local = client.download_artifacts(logger.run_id, artifact.path, str(tmp_path / "dl"))
+    assert artifacts(client, logger.run_id, "model") == ["model/model.pth"]
+    local = client.download_artifacts(logger.run_id, "model/model.pth", str(tmp_path / "dl"))
     assert saver.best_file is not None
     assert Path(local).read_bytes() == saver.best_file.read_bytes()
 
@@ -85,7 +91,7 @@ def test_each_fit_is_a_run_and_no_model_means_no_artifact(store: str) -> None:
     learn.fit(1)
     assert first is not None and logger.run_id is not None and logger.run_id != first
     client = MlflowClient(tracking_uri=store)
-    assert client.list_artifacts(logger.run_id) == []
+    assert artifacts(client, logger.run_id) == []
     assert history(client, logger.run_id, "step/train_loss") == []
     assert [step for step, _ in history(client, logger.run_id, "train_loss")] == [0]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,16 @@ def learner(logger: TensorBoardLogger) -> Learner:
     )
 
 
+def untyped(module: str) -> Any:
+    """A module of tensorboard's, which ships no type information."""
+    return importlib.import_module(module)
+
+
 def read_events(log_dir: Path) -> Any:
     """TensorBoard's EventAccumulator over ``log_dir``, loaded."""
-    # tensorboard ships no type information.
-    from tensorboard.backend.event_processing.event_accumulator import (  # pyright: ignore[reportMissingTypeStubs]
-        EventAccumulator,  # pyright: ignore[reportUnknownVariableType]
-    )
-
-    events: Any = EventAccumulator(str(log_dir))
+    events: Any = untyped(
+        "tensorboard.backend.event_processing.event_accumulator"
+    ).EventAccumulator(str(log_dir))
     events.Reload()
     return events
 
@@ -72,20 +75,19 @@ def test_scalars_are_the_recorders_values(tmp_path: Path) -> None:
 
 
 def test_hyper_parameters_are_in_the_hparams_plugin(tmp_path: Path) -> None:
-    # tensorboard ships no type information.
-    from tensorboard.plugins.hparams.plugin_data_pb2 import (  # pyright: ignore[reportMissingTypeStubs]
-        HParamsPluginData,  # pyright: ignore[reportUnknownVariableType]
-    )
+    plugin_data = untyped("tensorboard.plugins.hparams.plugin_data_pb2").HParamsPluginData
 
     learner(TensorBoardLogger(tmp_path, hparams={"note": "baseline"})).fit(1)
     content = read_events(tmp_path).PluginTagToContent("hparams")
-    data: Any = HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    found = {k: v.ListFields()[0][1] for k, v in data.session_start_info.hparams.items()}
+    data: Any = plugin_data.FromString(content["_hparams_/session_start_info"])
+    found: dict[str, Any] = {
+        k: v.ListFields()[0][1] for k, v in data.session_start_info.hparams.items()
+    }
     assert found["lr"] == pytest.approx(0.01)
     assert found["n_epoch"] == 1
     assert found["opt"] == "Adam" and found["note"] == "baseline"
-    experiment: Any = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    metric_tags = {info.name.tag for info in experiment.metric_infos}
+    experiment: Any = plugin_data.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags: set[str] = {info.name.tag for info in experiment.metric_infos}
     assert metric_tags == {"train_loss", "valid_loss", "mae", "time"}
 
 

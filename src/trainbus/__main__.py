@@ -55,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-dir", type=Path, default=None, help="keep the best model's file in this folder"
     )
     demo.add_argument("--plot", type=Path, default=None, help="write the loss curve to this PNG")
+    demo.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help='log the run to TensorBoard event files in DIR (pip install "trainbus[tensorboard]")',
+    )
+    demo.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the run to MLflow, experiment trainbus-demo: to the tracking URI given, "
+        'else to ./mlflow.db (pip install "trainbus[mlflow]")',
+    )
     return parser
 
 
@@ -72,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             patience=args.patience,
             save_dir=args.save_dir,
             plot=args.plot,
+            tensorboard=args.tensorboard,
+            mlflow=args.mlflow,
         )
-    except RuntimeError as error:
+    except (RuntimeError, ImportError) as error:
         print(f"trainbus: {error}", file=sys.stderr)
         return 1
     print(f"best epoch: {result.best_epoch} of {result.epochs_run} run")

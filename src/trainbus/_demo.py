@@ -12,12 +12,20 @@ from torch import nn
 
 from ._data import DataLoaders
 from ._learner import Learner
-from .callbacks import EarlyStoppingCallback, ProgressCallback, SaveModelCallback
+from .callbacks import (
+    EarlyStoppingCallback,
+    Logger,
+    MLflowLogger,
+    ProgressCallback,
+    SaveModelCallback,
+    TensorBoardLogger,
+)
 from .metrics import accuracy
 
 __all__ = ["DemoResult", "digits_dataloaders", "run_demo"]
 
 VALID_FRACTION: Final = 0.2
+DEMO_EXPERIMENT: Final = "trainbus-demo"  # the MLflow experiment of --mlflow
 
 
 @final
@@ -82,6 +90,8 @@ def run_demo(
     patience: int = 3,
     save_dir: Path | None = None,
     plot: Path | None = None,
+    tensorboard: Path | None = None,
+    mlflow: str | None = None,
 ) -> DemoResult:
     """Train on the digits with one-cycle, printing a per-epoch table.
 
@@ -96,6 +106,12 @@ def run_demo(
         patience: Epochs without a better accuracy before stopping.
         save_dir: Keep the best model's file there (default: a temporary folder).
         plot: Write the loss curve to this PNG.
+        tensorboard: Log the run to TensorBoard event files in this folder.
+        mlflow: Log the run to MLflow (experiment ``trainbus-demo``) at this tracking URI;
+            ``""``: the default store (``./mlflow.db``, or ``$MLFLOW_TRACKING_URI``).
+
+    Raises:
+        ImportError: A logger asked for needs a package that is not installed.
     """
     torch.manual_seed(seed)  # pyright: ignore[reportUnknownMemberType]
     learn = Learner(
@@ -110,7 +126,12 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="trainbus-demo-") as scratch:
         saver = SaveModelCallback("accuracy", fname="digits", path=save_dir or scratch)
         stopper = EarlyStoppingCallback("accuracy", patience=patience)
-        learn.fit_one_cycle(epochs, lr_max=lr, cbs=[saver, stopper])
+        loggers: list[Logger] = []
+        if tensorboard is not None:
+            loggers.append(TensorBoardLogger(tensorboard, every_n_steps=10))
+        if mlflow is not None:
+            loggers.append(MLflowLogger(DEMO_EXPERIMENT, mlflow or None, every_n_steps=10))
+        learn.fit_one_cycle(epochs, lr_max=lr, cbs=[saver, stopper, *loggers])
     if plot is not None:
         learn.recorder.plot_loss(plot)
     if saver.best is None or saver.best_epoch is None:

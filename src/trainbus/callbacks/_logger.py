@@ -83,6 +83,7 @@ class Logger(Callback):
     _moms: list[float | torch.Tensor]
     _mom_key: tuple[str, bool] | None  # (param group key, whether it is a tuple of betas)
     _step_hook: Callable[[], None] | None = None
+    _error: BaseException | None = None  # the exception ending the fit, until teardown
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Send ``metrics`` (name to value) at ``step``: the destination's one must-have."""
@@ -135,6 +136,7 @@ class Logger(Callback):
     @override
     def begin_fit(self) -> None:
         self._end_run(None)  # a previous fit that neither ended nor raised through the bus
+        self._error = None
         every = self.every_n_steps
         if every is not None:
             checked_int("every_n_steps", every)
@@ -197,10 +199,14 @@ class Logger(Callback):
     def after_fit(self) -> None:
         if self._running and self.every_n_steps is not None:
             self._send_steps()
-        self._end_run(None)
 
     @override
     def on_exception(self, error: BaseException) -> None:
+        self._error = error  # for close, in teardown
+
+    @override
+    def teardown(self) -> None:
+        error, self._error = self._error, None
         self._end_run(error)
 
     def _end_run(self, error: BaseException | None) -> None:
