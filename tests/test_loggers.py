@@ -234,6 +234,15 @@ def test_loggers_run_on_rank_zero_only_and_not_in_auxiliary_runs() -> None:
     assert Callback.rank_zero_only is False and Callback.run_in_auxiliary is True
 
 
+def test_lr_find_logs_nothing() -> None:
+    logger = ListLogger(every_n_steps=1)
+    learn = sgd_learner(logger)
+    learn.lr_find(num_it=5)
+    assert logger.events == []
+    learn.fit(1)  # still attached, in its place, for the fits
+    assert logger.events[:2] == ["start", "hparams"] and logger.events[-1] == "close"
+
+
 def test_a_logger_without_log_metrics_says_so() -> None:
     class Incomplete(Logger):
         pass
