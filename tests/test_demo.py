@@ -99,10 +99,11 @@ def test_console_entry_point_runs_as_module(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # a new MLflow store runs its schema migrations: seconds
 def test_demo_logs_to_tensorboard_and_mlflow(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     from mlflow.tracking import MlflowClient
 
     from test_mlflow import artifacts
@@ -120,6 +121,7 @@ def test_demo_logs_to_tensorboard_and_mlflow(
     accuracy = [f"{m.value:.6f}" for m in client.get_metric_history(run.info.run_id, "accuracy")]
     assert accuracy == [row.split()[3] for row in rows]  # the printed table's column
     assert artifacts(client, run.info.run_id, "model") == ["model/digits.pth"]
+    assert (tmp_path / "mlruns").is_dir()
 
 
 def test_demo_names_a_missing_logger_package(
