@@ -78,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     from ._demo import run_demo  # after parsing: --help stays fast
+    from ._distributed import is_rank_zero
 
     try:
         result = run_demo(
@@ -94,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, ImportError) as error:
         print(f"trainbus: {error}", file=sys.stderr)
         return 1
-    print(f"best epoch: {result.best_epoch} of {result.epochs_run} run")
-    print(f"valid accuracy: {result.valid_accuracy:.3f}")
+    if is_rank_zero():  # under torchrun, one report (the values are the same on every rank)
+        print(f"best epoch: {result.best_epoch} of {result.epochs_run} run")
+        print(f"valid accuracy: {result.valid_accuracy:.3f}")
     return 0
 
 

@@ -38,6 +38,10 @@ class Callback(Subscriber, StateView):
     ``get_preds``, ``predict``). Trackers, loggers, schedulers and checkpoint writers set
     it ``False``: they are detached for such a run, so it cannot stop early, log, write a
     checkpoint or step a schedule; they are put back in their places when it ends."""
+    rank_zero_only: ClassVar[bool] = False
+    """Whether this callback runs on rank 0 only when training on many processes
+    (progress bars, loggers, checkpoint writers): on other ranks it hears no event of a
+    fit, though it stays registered."""
 
     rank_zero_only: ClassVar[bool] = False
     """Whether it runs on rank 0 only in a distributed fit (progress bars, loggers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Final, final
@@ -96,7 +97,9 @@ def run_demo(
     """Train on the digits with one-cycle, printing a per-epoch table.
 
     The best epoch's weights (by validation accuracy) are saved and reloaded at the end;
-    the fit stops early after ``patience`` epochs without improvement.
+    the fit stops early after ``patience`` epochs without improvement. Under
+    ``torchrun --nproc_per_node=N -m trainbus demo`` the processes share the work (each
+    with batches of ``bs``) and rank 0 prints the table.
 
     Args:
         epochs: Most epochs to train.
@@ -134,10 +137,12 @@ def run_demo(
         learn.fit_one_cycle(epochs, lr_max=lr, cbs=[saver, stopper, *loggers])
     if plot is not None:
         learn.recorder.plot_loss(plot)
-    if saver.best is None or saver.best_epoch is None:
+    # From the Recorder, not the saver: its values are the same on every rank, while the
+    # saver runs on rank 0 only under torchrun.
+    accuracies = [row[-1] for row in learn.recorder.values]
+    if not accuracies or all(math.isnan(a) for a in accuracies):
         raise RuntimeError("the demo recorded no validation accuracy")
+    best = max(a for a in accuracies if not math.isnan(a))
     return DemoResult(
-        valid_accuracy=saver.best,
-        best_epoch=saver.best_epoch,
-        epochs_run=len(learn.recorder.values),
+        valid_accuracy=best, best_epoch=accuracies.index(best), epochs_run=len(accuracies)
     )

@@ -19,7 +19,9 @@ from ._checkpoint import load_checkpoint, save_checkpoint
 from ._checks import checked_float, checked_int
 from ._data import DataLoaders
 from ._devices import DeviceLike, batch_mover, resolve_device
+from ._distributed import Distributed, detect
 from ._events import Event, Stage
+from ._sharding import shard_dataloaders
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
 from ._views import StateWriter
 from .callbacks._core import ProgressCallback, Recorder, TrainEvalCallback
@@ -44,7 +46,7 @@ _BATCH: Final = Stage.batch
 
 
 def _batch_bodies(
-    values: dict[str, Any], bus: EventBus
+    values: dict[str, Any], bus: EventBus, forward: list[nn.Module]
 ) -> tuple[Callable[[], None], Callable[[], None], frozenset[CodeType]]:
     """The bodies of a training and of a validation batch (for ``bus.run_each``), and
     their code objects (whose frames ``Learner._clear_loop_frames`` empties on failure).
@@ -54,7 +56,8 @@ def _batch_bodies(
     model) and over the live handler lists of their events, so an event nobody hears
     costs a truth test; the forward pass is written out in both rather than shared
     through a call. After an event is heard they read its fields again: a callback may
-    have replaced them (``self.learn.loss = ...``).
+    have replaced them (``self.learn.loss = ...``). A training forward pass goes through
+    ``forward[0]`` when it holds a module (DistributedDataParallel, on many processes).
     """
     emit = bus.emit
     after_pred = bus.live_handlers(_AFTER_PRED)
@@ -63,7 +66,7 @@ def _batch_bodies(
     after_step = bus.live_handlers(_AFTER_STEP)
 
     def train_batch() -> None:
-        pred = values["pred"] = values["model"](*values["xb"])
+        pred = values["pred"] = (forward[0] if forward else values["model"])(*values["xb"])
         if after_pred:
             emit(_AFTER_PRED)
             pred = values["pred"]
@@ -151,6 +154,8 @@ class Learner(StateWriter):
     # attribute that the loop would ignore.
     __slots__ = (
         "_device",
+        "_dist",
+        "_forward",
         "_functions",
         "_loop_code",
         "_train_batch",
@@ -187,8 +192,19 @@ class Learner(StateWriter):
         for metric in metrics:
             if not callable(metric):
                 raise TypeError(f"metrics must be callables, got {type(metric).__qualname__}")
+        # The process group first: initialising it from torchrun's environment selects
+        # this process's GPU, which the default device then is.
+        self._dist: Final = detect()
         self._device: Final = resolve_device(device)
         model.to(self._device)  # before the optimizer is made: it holds the parameters
+        if self._dist.active:
+            dls = shard_dataloaders(
+                dls,
+                rank=self._dist.rank,
+                world_size=self._dist.world_size,
+                seed=self._dist.seed,
+                epoch_of=lambda: self.state.trusted_values["epoch"],
+            )
         self.state: Final = TrainingState(
             model=model,
             dls=dls,
@@ -200,9 +216,11 @@ class Learner(StateWriter):
         self.metrics: Final[list[Metric]] = metrics
         self.n_inp: Final = n_inp
         self._functions: dict[tuple[Event, Callable[[Learner], object]], Callable[[], object]] = {}
+        # The module of the training forward pass, when not the model (see fit).
+        self._forward: Final[list[nn.Module]] = []
         # Bodies handed to the bus, made once rather than on every batch.
         self._train_batch, self._valid_batch, body_code = _batch_bodies(
-            self.state.trusted_values, self.bus
+            self.state.trusted_values, self.bus, self._forward
         )
         # The loop's own functions, whose frames hold batch tensors in their locals.
         self._loop_code: Final = body_code | {Learner._batches.__code__}
@@ -287,6 +305,21 @@ class Learner(StateWriter):
             if isinstance(cb, cls):
                 return cb
         raise LookupError(f"no {cls.__qualname__} is registered with this learner")
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the process group (0 on a single process)."""
+        return self._dist.rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes training together (1 on a single process)."""
+        return self._dist.world_size
+
+    @property
+    def distributed(self) -> Distributed:
+        """The process group as this learner uses it (see docs/distributed.md)."""
+        return self._dist
 
     @property
     def recorder(self) -> Recorder:
@@ -377,9 +410,15 @@ class Learner(StateWriter):
             for counter in ("epoch", "iter", "n_iter"):
                 state.set_trusted(counter, 0)
             state.set_trusted("n_epoch", n_epoch)
-            self.bus.run(Stage.fit, self._all_epochs)
+            if self._dist.active:
+                with self._dist.fit_scope(self, self._forward):
+                    self.bus.run(Stage.fit, self._all_epochs)
+            else:
+                self.bus.run(Stage.fit, self._all_epochs)
         except BaseException as error:
             self._clear_loop_frames(error.__traceback__)
+            if error.__cause__ is not None:  # another rank's failure (RankFailedError)
+                self._clear_loop_frames(error.__cause__.__traceback__)
             raise
         finally:
             self.state.drop_batch()

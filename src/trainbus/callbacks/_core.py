@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .._bus import EventBus
 from .._callback import Callback
+from .._distributed import reduced_row
 from .._events import Event
 from .._hooks import SubscriberClasses
 from .._state import UnsetFieldError
@@ -111,7 +112,9 @@ class Recorder(Callback):
     epoch the mean training loss, the validation loss and every metric (averaged over
     the validation set, weighted by batch size) and the epoch's duration. Values reach
     the host only when asked for (``losses``, ``values``): the per-epoch rows are computed
-    when ``values`` is read, every row not yet read in one transfer. A batch ended
+    when ``values`` is read, every row not yet read in one transfer. On many processes
+    each epoch's row is reduced over the ranks in ``after_epoch`` (one all-reduce of sums
+    and counts), so every rank holds the same ``values``; ``losses`` stay this rank's. A batch ended
     by ``CancelBatchException`` is not recorded, unless it was cancelled after its
     backward pass (``after_backward``/``after_step``, as gradient accumulation does): its
     loss was trained on. It publishes ``smooth_loss``, the
@@ -239,7 +242,12 @@ class Recorder(Callback):
         # No tensor work here: the row is computed when `values` is read.
         first = self._epoch_first_loss
         n_train = self._n_losses - first
-        self._pending.append(_Epoch(first, n_train, self._valid, self._metric_sums))
+        if self.learn.world_size > 1:  # every rank's row: the reduction of all their values
+            self._compute_rows()
+            losses = self.loss_tensor()[first : first + n_train]
+            self._rows.append(reduced_row(losses, self._valid, self._metric_sums))
+        else:
+            self._pending.append(_Epoch(first, n_train, self._valid, self._metric_sums))
         self._valid, self._metric_sums = [], []  # the record owns them now
         self.times.append(time.perf_counter() - self._epoch_start)
         if len(self._pending) == _MAX_PENDING:  # bounds what unread rows hold on the device
@@ -364,7 +372,8 @@ def _interactive(stream: TextIO) -> bool:
 class ProgressCallback(Callback):
     """Progress bars for epochs and batches, and a table of per-epoch values.
 
-    Shows only in a terminal or notebook (otherwise it is silent), and closes its bars
+    Shows only in a terminal or notebook (otherwise it is silent), on rank 0 only when
+    training on many processes, and closes its bars
     however the fit ends. The batch bar shows the smooth loss, read from the device only
     when the bar refreshes. It advances the bar from a function it subscribes to
     ``after_batch`` for the fits it shows, so a silent one costs nothing per batch.
@@ -375,6 +384,7 @@ class ProgressCallback(Callback):
     """
 
     run_after: ClassVar[SubscriberClasses] = Recorder
+    rank_zero_only: ClassVar[bool] = True
 
     def __init__(self, show: bool | None = None, table: bool | None = None) -> None:
         self.show = show

@@ -28,7 +28,8 @@ class CSVLogger(Logger):
     written in full precision (``repr``), so they parse back to the recorded floats; a
     missing value (no validation batches) is ``nan``. The row is flushed at the end of
     every epoch, so the file can be read while the fit runs; the file is closed when the
-    fit ends, however it ends.
+    fit ends, however it ends. On many processes only rank 0 writes (the rows are the
+    same on every rank).
 
     Args:
         fname: The CSV file (parent directories are created).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 import torch
@@ -32,6 +33,9 @@ class GradientAccumulation(Callback):
     It runs before :class:`MixedPrecision` (the scaler unscales the summed gradients once
     per step) and :class:`GradientClip` (which clips the summed gradient), and late in
     ``after_loss`` (``order = 10``) so that penalties added to the loss are weighted too.
+    On many processes ``n_acc`` counts this rank's samples, and the forward and backward
+    passes of a batch that does not complete a group run under DistributedDataParallel's
+    ``no_sync()``: gradients are all-reduced once per step, not once per batch.
 
     Args:
         n_acc: Samples per optimizer step.
@@ -48,11 +52,28 @@ class GradientAccumulation(Callback):
         self.count: int = 0
         self._weighted_loss: torch.Tensor | None = None
         self._bs = 0
+        self._no_sync = contextlib.ExitStack()
 
     @override
     def begin_fit(self) -> None:
         self.count = 0
         self.opt.zero_grad()
+
+    @override
+    def begin_batch(self) -> None:
+        ddp = self.learn.distributed.ddp
+        if ddp is not None and self.training:
+            bs = len(self.yb[0]) if self.yb else len(self.xb[0])
+            if self.count + bs < self.n_acc:  # not the group's last batch: no all-reduce
+                self._no_sync.enter_context(ddp.no_sync())
+
+    @override
+    def after_batch(self) -> None:
+        self._no_sync.close()
+
+    @override
+    def teardown(self) -> None:
+        self._no_sync.close()
 
     @override
     def after_loss(self) -> None:

@@ -3,7 +3,7 @@
 matplotlib is imported inside the functions, so ``import trainbus`` stays light. The
 figures are built with ``matplotlib.figure.Figure`` and saved through the Agg canvas,
 never through ``pyplot``: nothing is registered globally, nothing is shown, and a figure
-is freed as soon as the function returns.
+is freed as soon as the function returns. On many processes only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._checks import checked_int
+from .._distributed import is_rank_zero
 
 if TYPE_CHECKING:
     from ._core import Recorder
@@ -47,7 +48,9 @@ def _figure(n_rows: int = 1) -> tuple[_Figure, list[_Axes]]:
 
 
 def _save(fig: _Figure, path: str | os.PathLike[str]) -> None:
-    fig.savefig(os.fspath(path), format="png", dpi=100)
+    """Write ``fig`` to ``path``: on rank 0 only when training on many processes."""
+    if is_rank_zero():
+        fig.savefig(os.fspath(path), format="png", dpi=100)
 
 
 def plot_losses(

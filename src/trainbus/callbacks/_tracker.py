@@ -139,7 +139,12 @@ class SaveModelCallback(TrackerCallback):
 
     Attributes:
         best_epoch: The epoch of the best value (``None`` before the first one).
+
+    On many processes it runs on rank 0 only: rank 0 writes the files and ends the fit
+    with the best weights; the other ranks keep the last epoch's.
     """
+
+    rank_zero_only: ClassVar[bool] = True
 
     def __init__(
         self,

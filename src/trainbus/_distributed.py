@@ -1,0 +1,311 @@
+"""Many processes: the process group, DistributedDataParallel for the fit, rank-zero
+callbacks, the per-epoch reduction of recorded values, and failures that end every rank.
+
+The Learner calls :func:`detect` once; everything here is inert on one process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import math
+import os
+import time
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, cast, final
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from ._learner import Learner
+
+__all__ = [
+    "ENV_TIMEOUT",
+    "Distributed",
+    "RankFailedError",
+    "detect",
+    "is_rank_zero",
+    "reduced_row",
+]
+
+ENV_TIMEOUT: Final = "TRAINBUS_DIST_TIMEOUT"
+"""Seconds a collective may wait, for a group the Learner initialises (torch's default
+otherwise)."""
+
+# torchrun (and SLURM scripts that follow its conventions) set these.
+_LAUNCH_VARS: Final = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+_FAILED_KEY: Final = "trainbus/failed/"
+
+# How long a rank whose collective failed waits for the rank that caused it to say so.
+_FAILURE_WAIT_S: Final = 5.0
+
+
+class RankFailedError(RuntimeError):
+    """Another rank of the process group failed, so this one could not go on.
+
+    Attributes:
+        rank: The rank that failed first.
+    """
+
+    def __init__(self, message: str, rank: int) -> None:
+        super().__init__(message)
+        self.rank: int = rank
+
+
+class _Store(Protocol):
+    def set(self, key: str, value: str) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def check(self, keys: list[str]) -> bool: ...
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of the default process group (or has none)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@final
+class Distributed:
+    """The process group as a Learner sees it: ``world_size == 1`` on a single process.
+
+    Attributes:
+        rank: This process's rank (0 on a single process).
+        world_size: Number of processes in the group (1 on a single process).
+        owns_group: Whether the Learner initialised the group (from torchrun's
+            environment) and so destroys it: when the process exits, or on failure.
+        seed: Shuffle seed of the data shards, the same on every rank.
+    """
+
+    __slots__ = ("_ddp", "_wrapped", "owns_group", "rank", "seed", "world_size")
+
+    def __init__(self, rank: int = 0, world_size: int = 1, *, owns_group: bool = False) -> None:
+        self.rank: Final = rank
+        self.world_size: Final = world_size
+        self.owns_group: Final = owns_group
+        self.seed: int = 0
+        self._ddp: DistributedDataParallel | None = None
+        self._wrapped: nn.Module | None = None  # the model in _ddp
+
+    @property
+    def active(self) -> bool:
+        """Whether there are other processes to train with."""
+        return self.world_size > 1
+
+    @property
+    def ddp(self) -> DistributedDataParallel | None:
+        """The wrapper of the model during a fit on many processes (``None`` otherwise)."""
+        return self._ddp
+
+    def wrap(self, model: nn.Module) -> DistributedDataParallel:
+        """``model`` in a ``DistributedDataParallel`` (made once per model; it broadcasts
+        rank 0's parameters and buffers, so every rank starts from the same weights)."""
+        ddp = self._ddp
+        if ddp is None or self._wrapped is not model:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            device_ids = [device] if device.type == "cuda" else None
+            ddp = self._ddp = DistributedDataParallel(model, device_ids=device_ids)
+            self._wrapped = model
+        return ddp
+
+    @contextlib.contextmanager
+    def fit_scope(self, learn: Learner, forward: list[nn.Module]) -> Generator[None]:
+        """Around a fit on many processes: the training forward pass goes through
+        DistributedDataParallel (``forward``, read by the Learner's training batch),
+        rank-zero-only callbacks hear nothing on other ranks, and a failure ends every rank.
+        """
+        muted = [] if self.rank == 0 else [cb for cb in learn.cbs if cb.rank_zero_only]
+        # Suspended on the bus but kept in learn.cbs: learn.get_cb still finds them.
+        restore = learn.bus.suspend(muted)
+        try:
+            forward.append(self.wrap(learn.model))
+            yield
+        except BaseException as error:
+            other = self._failure(error)
+            if other is not None:
+                raise other from error
+            raise
+        finally:
+            forward.clear()
+            restore()
+
+    def _failure(self, error: BaseException) -> RankFailedError | None:
+        """What to raise instead of ``error`` (``None``: ``error`` itself).
+
+        When another rank published a failure (it may take a moment to, so a failed
+        collective waits for it), this rank stopped because of it: a
+        :class:`RankFailedError` names that rank. Otherwise this rank failed first: it
+        notes its rank on ``error``, publishes it, and destroys the group it owns, so that
+        the other ranks' collectives fail now rather than at the group's timeout.
+        """
+        store = _default_store()
+        deadline = time.monotonic() + (_FAILURE_WAIT_S if _is_collective_error(error) else 0)
+        while store is not None:
+            for rank in range(self.world_size):
+                if rank != self.rank and _check(store, _FAILED_KEY + str(rank)):
+                    cause = _read(store, _FAILED_KEY + str(rank))
+                    return RankFailedError(
+                        f"rank {rank} of {self.world_size} failed: {cause} (this is rank "
+                        f"{self.rank}, stopped by it: {type(error).__name__}: {error})",
+                        rank,
+                    )
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        error.add_note(f"trainbus: raised on rank {self.rank} of {self.world_size}")
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.set(_FAILED_KEY + str(self.rank), f"{type(error).__name__}: {error}")
+        if self.owns_group:
+            _destroy_group()
+        return None
+
+
+def _is_collective_error(error: BaseException) -> bool:
+    """Whether ``error`` looks like a collective that failed (a peer left or timed out)."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("gloo" in text or "NCCL" in text)
+
+
+def _default_store() -> _Store | None:
+    if not dist.is_initialized():
+        return None
+    get_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+    if get_store is None:
+        return None
+    try:
+        return cast("_Store", get_store())
+    except Exception:
+        return None
+
+
+def _check(store: _Store, key: str) -> bool:
+    try:
+        return store.check([key])
+    except Exception:  # the store's host is gone
+        return False
+
+
+def _read(store: _Store, key: str) -> str:
+    try:
+        return store.get(key).decode(errors="replace")
+    except Exception:
+        return "(its message could not be read)"
+
+
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _launched() -> bool:
+    """Whether torchrun (or a launcher that sets the same variables) started >1 process."""
+    if not all(name in os.environ for name in _LAUNCH_VARS):
+        return False
+    try:
+        return int(os.environ["WORLD_SIZE"]) > 1
+    except ValueError:
+        return False
+
+
+def _timeout() -> datetime.timedelta | None:
+    text = os.environ.get(ENV_TIMEOUT)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{ENV_TIMEOUT} must be a positive number of seconds, got {text!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def _init_group() -> None:
+    """Initialise the default group from the environment: NCCL for CUDA, Gloo for CPU."""
+    backend = "gloo"
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        backend = "cpu:gloo,cuda:nccl"
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = _timeout()
+    if timeout is None:
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
+    atexit.register(_destroy_group)
+
+
+def detect() -> Distributed:
+    """The process group to train with: the user's, or one started from torchrun's
+    environment (then owned, and destroyed at exit), or none."""
+    if not dist.is_available():
+        return Distributed()
+    owns = False
+    if not dist.is_initialized():
+        if not _launched():
+            return Distributed()
+        _init_group()
+        owns = True
+    found = Distributed(dist.get_rank(), dist.get_world_size(), owns_group=owns)
+    if found.active:
+        # One seed for the shuffles of all ranks: rank 0's (its torch seed, so a seeded
+        # script shuffles the same way every run).
+        seed = torch.tensor([torch.initial_seed() & ((1 << 62) - 1)], device=_collective_device())
+        dist.broadcast(seed, src=0)
+        found.seed = int(seed.item())
+    return found
+
+
+def _collective_device() -> torch.device:
+    """Where tensors of a collective live for the default group's backend."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _weighted_total(
+    items: Sequence[tuple[torch.Tensor, int]], device: torch.device
+) -> tuple[torch.Tensor, int]:
+    if not items:
+        return torch.zeros((), dtype=torch.float64, device=device), 0
+    values = torch.stack([value for value, _ in items]).to(device, torch.float64)
+    sizes = [n for _, n in items]
+    weights = torch.tensor(sizes, dtype=torch.float64, device=device)
+    return (values * weights).sum(), sum(sizes)
+
+
+def reduced_row(
+    train_losses: torch.Tensor,
+    valid: Sequence[tuple[torch.Tensor, int]],
+    metrics: Sequence[Sequence[tuple[torch.Tensor, int]]],
+) -> list[float]:
+    """One epoch's Recorder row over all ranks, with one all-reduce of sums and counts.
+
+    Args:
+        train_losses: This rank's recorded training losses of the epoch (batch means).
+        valid: This rank's validation losses, with their batch sizes.
+        metrics: Per metric, this rank's values with their batch sizes.
+
+    Returns:
+        ``train_loss`` (the mean of all ranks' batch losses), ``valid_loss`` and each
+        metric (means over all ranks' samples): ``nan`` where no rank had a value.
+    """
+    device = _collective_device()
+    sums = [train_losses.to(device, torch.float64).sum()]
+    counts = [train_losses.shape[0]]
+    for items in (valid, *metrics):
+        total, count = _weighted_total(items, device)
+        sums.append(total)
+        counts.append(count)
+    count_tensor = torch.tensor(counts, dtype=torch.float64, device=device)
+    totals = torch.cat([torch.stack(sums), count_tensor])
+    dist.all_reduce(totals)  # pyright: ignore[reportUnknownMemberType]
+    # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
+    values = cast("list[float]", totals.tolist())  # pyright: ignore[reportUnknownMemberType]
+    n = len(sums)
+    return [s / c if c else math.nan for s, c in zip(values[:n], values[n:], strict=True)]

@@ -1,0 +1,161 @@
+"""One rank of the distributed tests: ``python tests/ddp_worker.py SCENARIO OUT_DIR``.
+
+Started twice by ``tests/test_distributed.py`` with torchrun's environment variables
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); each rank writes what it saw
+to ``OUT_DIR/rank<R>.pt``. Not collected by pytest (no ``test_`` prefix).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
+
+from trainbus import Callback, DataLoaders, Learner
+from trainbus.callbacks import (
+    CSVLogger,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    ProgressCallback,
+    SaveModelCallback,
+)
+from trainbus.metrics import accuracy
+
+N_TRAIN: Final = 96
+N_VALID: Final = 37  # odd: the validation shards differ in size
+
+
+def data(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Train and validation ``(x (n, 4), y (n,))`` with 3 classes, from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(N_TRAIN + N_VALID, 4, generator=generator)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)  # pyright: ignore[reportUnknownMemberType]
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def learner(bs: int, *, lr: float = 0.5, cbs: list[Callback] | None = None) -> Learner:
+    """The tests' learner: ``bs`` samples per batch (per rank), validation batches of 8."""
+    train, valid = data()
+    dls = DataLoaders.from_tensors(train, valid, bs=bs, valid_bs=8, shuffle=True, seed=0)
+    return Learner(model(), dls, nn.functional.cross_entropy, lr=lr, cbs=cbs, metrics=[accuracy])
+
+
+def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class RaiseAt(Callback):
+    """Raises ``RuntimeError("boom")`` on ``rank`` at training batch ``iter`` of epoch 0."""
+
+    def __init__(self, rank: int, at: int) -> None:
+        self.rank, self.at = rank, at
+
+    @override
+    def begin_batch(self) -> None:
+        mine = self.learn.rank == self.rank and self.training
+        if mine and self.epoch == 0 and self.iter == self.at:
+            raise RuntimeError("boom")
+
+
+def train(out: Path, rank: int) -> dict[str, Any]:
+    """A user-initialised group: 2 ranks x 16 per batch, loggers, early stopping, a loader."""
+    dist.init_process_group("gloo")
+    csv = CSVLogger(out / f"history{rank}.csv")
+    learn = learner(16, cbs=[csv, ProgressCallback(table=True)])
+    result: dict[str, Any] = {
+        "rank": learn.rank,
+        "world_size": learn.world_size,
+        "owns_group": learn.distributed.owns_group,
+        "n_train_batches": len(learn.dls.train),
+        "n_valid_batches": len(learn.dls.valid),
+        "model_is_users": isinstance(learn.model, nn.Sequential),
+    }
+    learn.fit(3)
+    result["weights"] = weights(learn.model)
+    result["values"] = learn.recorder.values
+    result["cbs"] = [type(cb).__name__ for cb in learn.cbs]
+
+    stopper = EarlyStoppingCallback("valid_loss", patience=1, min_delta=0.05)
+    saver = SaveModelCallback("valid_loss", path=out / f"models{rank}")
+    stopping = learner(16, lr=0.5)
+    stopping.fit(12, cbs=[saver, stopper])
+    result["stopped_epoch"] = stopper.stopped_epoch
+    result["stop_values"] = stopping.recorder.values
+
+    # Gradient accumulation: 4 batches of 8 per step on each rank; count the all-reduces.
+    accumulating = learner(8, lr=0.5)
+    calls = [0]
+
+    def counting_hook(state: Any, bucket: Any) -> torch.futures.Future[torch.Tensor]:
+        calls[0] += 1
+        return allreduce_hook(state, bucket)
+
+    # DDP checks these annotations as objects (this module's annotations are strings).
+    bucket_type = "GradBucket"  # not in torch.distributed's declared exports
+    counting_hook.__annotations__.update(
+        bucket=getattr(dist, bucket_type), **{"return": torch.futures.Future[torch.Tensor]}
+    )
+
+    ddp = accumulating.distributed.wrap(accumulating.model)
+    ddp.register_comm_hook(None, counting_hook)  # pyright: ignore[reportUnknownMemberType]
+    accumulating.fit(2, cbs=[GradientAccumulation(n_acc=32)])
+    result["acc_weights"] = weights(accumulating.model)
+    result["acc_allreduces"] = calls[0]
+
+    # A torch DataLoader: re-made on a DistributedSampler (train), an unpadded shard (valid).
+    (xt, yt), (xv, yv) = data()
+    train_dl = DataLoader(TensorDataset(xt, yt), batch_size=16, shuffle=True)
+    valid_dl = DataLoader(TensorDataset(xv, yv), batch_size=8)
+    loading = Learner(model(), DataLoaders(train_dl, valid_dl), nn.functional.cross_entropy)
+    train_loader: Any = loading.dls.train
+    valid_loader: Any = loading.dls.valid
+    result["loader_sampler"] = type(train_loader.sampler).__name__
+    result["valid_indices"] = [int(i) for i in valid_loader.sampler]
+    result["loader_batch_size"] = int(train_loader.batch_size)
+    loading.fit(2)
+    result["loader_weights"] = weights(loading.model)
+    result["loader_values"] = loading.recorder.values
+    dist.destroy_process_group()
+    return result
+
+
+def fail(out: Path, rank: int) -> dict[str, Any]:
+    """The Learner initialises the group from the environment; rank 1 raises at batch 3."""
+    learn = learner(8, cbs=[RaiseAt(rank=1, at=3)])
+    result: dict[str, Any] = {"owns_group": learn.distributed.owns_group}
+    try:
+        learn.fit(2)
+    except Exception as error:
+        result["error"] = type(error).__name__
+        result["message"] = str(error)
+        result["notes"] = list(getattr(error, "__notes__", []))
+        result["failed_rank"] = getattr(error, "rank", None)
+    result["group_left"] = dist.is_initialized()
+    return result
+
+
+SCENARIOS: Final = {"train": train, "fail": fail}
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    rank = int(os.environ["RANK"])
+    result = SCENARIOS[scenario](out, rank)
+    torch.save(result, out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

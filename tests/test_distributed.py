@@ -1,0 +1,278 @@
+"""Many processes: two Gloo ranks on the CPU train as one process with twice the batch.
+
+Each scenario runs ``tests/ddp_worker.py`` on two processes with torchrun's environment
+variables (a free port; every process is killed if the scenario outlives its bound, so a
+hang fails the test rather than CI), and the tests compare what the ranks saw with a
+single-process reference run here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import torch
+from torch import nn
+
+from ddp_worker import learner, weights
+from trainbus import DataLoaders, Learner
+from trainbus._sharding import ShardedBatches, ShardedTensorBatches, shard_dataloaders
+from trainbus.callbacks import (
+    CSVLogger,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    ProgressCallback,
+    SaveModelCallback,
+    TrainEvalCallback,
+)
+
+WORKER: Final = Path(__file__).with_name("ddp_worker.py")
+BOUND_S: Final = 240  # the whole scenario, both processes: a hang ends here
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def launch(scenario: str, out: Path, world_size: int = 2) -> list[dict[str, Any]]:
+    """Run ``scenario`` on ``world_size`` processes; each rank's result, by rank."""
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(world_size),
+        "TRAINBUS_DIST_TIMEOUT": "60",
+        "OMP_NUM_THREADS": "1",
+    }
+    with contextlib.ExitStack() as files:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), scenario, str(out)],
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdout=files.enter_context(open(out / f"out{rank}.txt", "w")),
+                stderr=subprocess.STDOUT,
+            )
+            for rank in range(world_size)
+        ]
+        try:
+            codes = [proc.wait(timeout=BOUND_S) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    logs = [(out / f"out{rank}.txt").read_text() for rank in range(world_size)]
+    assert codes == [0] * world_size, "\n\n".join(logs)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("ddp-train")
+    return out, launch("train", out)
+
+
+def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_two_ranks_of_16_train_as_one_process_of_32(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (r0, r1) = trained
+    assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
+    assert r0["owns_group"] is False  # the worker initialised it
+    assert r0["model_is_users"] and r1["model_is_users"]
+    assert r0["n_train_batches"] == r1["n_train_batches"] == 3  # 96 samples / 2 ranks / 16
+    assert (r0["n_valid_batches"], r1["n_valid_batches"]) == (3, 3)  # 19 and 18 samples
+    for key in r0["weights"]:
+        assert torch.equal(r0["weights"][key], r1["weights"][key]), key
+    assert r0["values"] == r1["values"]  # reduced: identical on every rank
+
+    reference = learner(32, cbs=[])
+    reference.fit(3)
+    assert_weights_close(r0["weights"], weights(reference.model))
+    torch.testing.assert_close(
+        torch.tensor(r0["values"]), torch.tensor(reference.recorder.values), rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_rank_zero_only_callbacks_run_on_rank_zero(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    out, (_, r1) = trained
+    assert (out / "history0.csv").is_file()
+    assert not (out / "history1.csv").exists()  # CSVLogger is rank_zero_only
+    table0 = (out / "out0.txt").read_text().splitlines()
+    assert table0[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert "epoch" not in (out / "out1.txt").read_text()  # one table
+    # Muted on rank 1 during the fit, yet still registered there afterwards.
+    assert "CSVLogger" in r1["cbs"] and "ProgressCallback" in r1["cbs"]
+    assert (out / "models0").is_dir() and not (out / "models1").exists()
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_every_rank_at_the_same_epoch(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (r0, r1) = trained
+    assert r0["stopped_epoch"] is not None
+    assert r0["stopped_epoch"] == r1["stopped_epoch"] < 11
+    assert r0["stop_values"] == r1["stop_values"]
+    assert len(r0["stop_values"]) == r0["stopped_epoch"] + 1
+    reference = learner(32, lr=0.5)
+    stopper = EarlyStoppingCallback("valid_loss", patience=1, min_delta=0.05)
+    reference.fit(12, cbs=[stopper])
+    assert stopper.stopped_epoch == r0["stopped_epoch"]
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_all_reduces_once_per_step(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (r0, r1) = trained
+    # 48 samples per rank and epoch in batches of 8; a step every 32 samples (4 batches):
+    # 12 batches in 2 epochs, 3 steps; one bucket (a small model) all-reduced per step.
+    assert r0["acc_allreduces"] == r1["acc_allreduces"] == 3
+    reference = learner(16, lr=0.5)  # the same 64 samples per step on one process
+    reference.fit(2, cbs=[GradientAccumulation(n_acc=64)])
+    assert_weights_close(r0["acc_weights"], weights(reference.model))
+    assert_weights_close(r1["acc_weights"], weights(reference.model))
+
+
+@pytest.mark.slow
+def test_dataloaders_are_remade_on_distributed_samplers(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (r0, r1) = trained
+    assert r0["loader_sampler"] == r1["loader_sampler"] == "_EpochDistributedSampler"
+    assert r0["loader_batch_size"] == 16
+    # Validation: every sample on exactly one rank, none repeated.
+    assert sorted(r0["valid_indices"] + r1["valid_indices"]) == list(range(37))
+    for key in r0["loader_weights"]:
+        assert torch.equal(r0["loader_weights"][key], r1["loader_weights"][key]), key
+    assert r0["loader_values"] == r1["loader_values"]
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_ends_both_naming_the_rank(tmp_path: Path) -> None:
+    r0, r1 = launch("fail", tmp_path)
+    assert r0["owns_group"] and r1["owns_group"]  # initialised from the environment
+    assert (r1["error"], r1["message"]) == ("RuntimeError", "boom")
+    assert "trainbus: raised on rank 1 of 2" in r1["notes"]
+    assert r0["error"] == "RankFailedError"
+    assert r0["failed_rank"] == 1
+    assert r0["message"].startswith("rank 1 of 2 failed: RuntimeError: boom")
+    assert r1["group_left"] is False  # the rank that failed destroyed the group it owned
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_demo_with_one_table(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "trainbus", "demo", "--epochs", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINBUS_DIST_TIMEOUT": "60"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=BOUND_S, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines if line.startswith("epoch")] == ["epoch"]
+    assert len([line for line in lines if line.startswith("valid accuracy: ")]) == 1
+    assert len([line for line in lines if line[:1].isdigit()]) == 2  # one row per epoch
+
+
+# ------------------------------------------------------------- in one process
+
+
+def test_one_process_has_rank_zero_of_one_and_no_wrapper() -> None:
+    learn = learner(16)
+    assert (learn.rank, learn.world_size) == (0, 1)
+    assert learn.distributed.ddp is None and not learn.distributed.active
+    learn.fit(1)
+    assert learn.distributed.ddp is None
+
+
+def test_rank_zero_only_defaults() -> None:
+    assert ProgressCallback.rank_zero_only and CSVLogger.rank_zero_only
+    assert SaveModelCallback.rank_zero_only
+    assert not TrainEvalCallback.rank_zero_only
+    assert not EarlyStoppingCallback.rank_zero_only  # decides on reduced values, on all ranks
+
+
+def test_tensor_shards_split_each_global_batch_and_pad_training() -> None:
+    x = torch.arange(10.0)
+    dls = DataLoaders.from_tensors((x, x), (x, x), bs=2, valid_bs=4, shuffle=False)
+    shards = [
+        shard_dataloaders(dls, rank=r, world_size=3, seed=0, epoch_of=lambda: 0) for r in range(3)
+    ]
+    assert all(isinstance(s.train, ShardedTensorBatches) for s in shards)
+    train = [[b[0].tolist() for b in s.train] for s in shards]
+    # 10 samples padded to 12 (repeating the first two), rank r takes r::3, in batches of 2.
+    assert train == [[[0, 3], [6, 9]], [[1, 4], [7, 0]], [[2, 5], [8, 1]]]
+    valid = [[b[0].tolist() for b in s.valid] for s in shards]
+    assert valid == [[[0, 3, 6, 9]], [[1, 4, 7]], [[2, 5, 8]]]  # no padding
+
+
+def test_shuffled_shards_agree_on_one_order_per_epoch() -> None:
+    x = torch.arange(12.0)
+    epoch = [0]
+    dls = DataLoaders(DataLoaders.from_tensors((x, x), bs=3, seed=None).train)
+
+    def orders() -> list[float]:
+        shards = [
+            shard_dataloaders(dls, rank=r, world_size=2, seed=7, epoch_of=lambda: epoch[0])
+            for r in range(2)
+        ]
+        return [float(v) for s in shards for b in s.train for v in b[0]]
+
+    first = orders()
+    every = [float(v) for v in x]
+    assert sorted(first) == every  # the two shards partition the samples
+    assert orders() == first  # the same epoch gives the same order
+    epoch[0] = 1
+    assert sorted(orders()) == every and orders() != first  # set_epoch reshuffles
+
+
+def test_other_batch_sources_are_strided_with_equal_training_shards() -> None:
+    batches = [(torch.full((2,), float(i)), torch.zeros(2)) for i in range(5)]
+    shards = [
+        shard_dataloaders(
+            DataLoaders(batches, batches), rank=r, world_size=2, seed=0, epoch_of=lambda: 0
+        )
+        for r in range(2)
+    ]
+    assert all(isinstance(s.train, ShardedBatches) for s in shards)
+    train = [[int(b[0][0]) for b in s.train] for s in shards]
+    assert train == [[0, 2], [1, 3]]  # 2 each: the fifth batch is left out
+    valid = [[int(b[0][0]) for b in s.valid] for s in shards]
+    assert valid == [[0, 2, 4], [1, 3]]
+
+
+def test_a_loader_with_a_custom_sampler_is_a_clear_error() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.zeros(4, 1), torch.zeros(4))
+    loader = DataLoader(data, batch_size=2, sampler=[3, 2, 1, 0])
+    with pytest.raises(ValueError, match=r"custom sampler.*DistributedSampler yourself"):
+        shard_dataloaders(DataLoaders(loader), rank=0, world_size=2, seed=0, epoch_of=lambda: 0)
+
+
+def test_learner_is_unchanged_without_a_group() -> None:
+    model = nn.Linear(2, 1)
+    learn = Learner(model, DataLoaders([(torch.zeros(1, 2), torch.zeros(1, 1))]), nn.MSELoss())
+    assert learn.model is model and learn.rank == 0
