@@ -43,10 +43,6 @@ class Callback(Subscriber, StateView):
     (progress bars, loggers, checkpoint writers): on other ranks it hears no event of a
     fit, though it stays registered."""
 
-    rank_zero_only: ClassVar[bool] = False
-    """Whether it runs on rank 0 only in a distributed fit (progress bars, loggers,
-    checkpoint writers set it True)."""
-
     _learner: Learner | None = None
 
     @property
