@@ -24,6 +24,7 @@ fails.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,11 @@ from trainbus.callbacks import GradientClip, MixedPrecision, MixUp, ProgressCall
 from trainbus.metrics import accuracy
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-CUDA_TEST_FILES: Final = ("tests/test_devices.py", "tests/test_host_sync.py")
+CUDA_TEST_FILES: Final = (
+    "tests/test_devices.py",
+    "tests/test_host_sync.py",
+    "tests/test_inference.py",
+)
 
 
 class NoSyncInTraining(Callback):
@@ -120,9 +125,14 @@ def check_training(name: str, make_model: Callable[[], nn.Module], dls: DataLoad
         print(f"FAIL {name}: a host sync in a training batch: {error}")
         return False
     train_loss, valid_loss, acc = learn.recorder.values[-1]
+    metrics = learn.validate()
+    if not math.isclose(metrics["valid_loss"], valid_loss, rel_tol=1e-5):
+        print(f"FAIL {name}: validate() {metrics} differs from the recorded {valid_loss}")
+        return False
     print(
         f"ok   {name}: 3 epochs on {learn.device}, no host sync in training; last epoch "
-        f"train_loss {train_loss:.4f}, valid_loss {valid_loss:.4f}, accuracy {acc:.4f}"
+        f"train_loss {train_loss:.4f}, valid_loss {valid_loss:.4f}, accuracy {acc:.4f}; "
+        f"validate() agrees"
     )
     return True
 

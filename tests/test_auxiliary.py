@@ -44,7 +44,8 @@ def test_the_shared_rule_of_the_standard_callbacks() -> None:
     for cls in (EarlyStoppingCallback, SaveModelCallback, ReduceLROnPlateau, CSVLogger):
         assert cls.run_in_auxiliary is False, cls
     assert ParamScheduler.run_in_auxiliary is False
-    for kind in (TrainEvalCallback, Recorder, ProgressCallback, ModelResetter, MixedPrecision):
+    assert Recorder.run_in_auxiliary is False  # the fit's records: validate() computes its own
+    for kind in (TrainEvalCallback, ProgressCallback, ModelResetter, MixedPrecision):
         assert kind.run_in_auxiliary is True, kind
     assert LRFinder.run_in_auxiliary is True
     assert Callback.run_in_auxiliary is True

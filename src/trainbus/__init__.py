@@ -11,6 +11,7 @@ from ._checkpoint import CheckpointError
 from ._data import BatchSource, DataLoaders, TensorBatches
 from ._events import Event, Stage
 from ._hooks import HookError, Subscriber
+from ._inference import Preds
 from ._learner import Learner, Metric
 from ._ordering import CallbackOrderError
 from ._signals import (
@@ -48,6 +49,7 @@ __all__ = [
     "HookError",
     "Learner",
     "Metric",
+    "Preds",
     "SignalUsageError",
     "Stage",
     "StateKey",

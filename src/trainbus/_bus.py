@@ -194,6 +194,11 @@ class EventBus:
         self._rebuild(kept)
 
     @property
+    def running(self) -> bool:
+        """Whether a stage is running (between the outermost ``begin`` and its ``after``)."""
+        return self._active
+
+    @property
     def subscribers(self) -> tuple[Subscriber, ...]:
         """The registered subscribers, in resolved order."""
         return tuple(e.subscriber for e in self._ordered if e.subscriber is not None)

@@ -17,10 +17,11 @@ from ._bus import EventBus
 from ._callback import Callback, state_write_error
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._checks import checked_float, checked_int
-from ._data import DataLoaders
+from ._data import BatchSource, DataLoaders
 from ._devices import DeviceLike, batch_mover, resolve_device
 from ._distributed import Distributed, detect
 from ._events import Event, Stage
+from ._inference import Gather, Preds, either_body, per_sample_losses, prediction_body
 from ._sharding import shard_dataloaders
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
 from ._views import StateWriter
@@ -334,11 +335,21 @@ class Learner(StateWriter):
     def _auxiliary_run(self) -> Generator[None, None, None]:
         """Detach the callbacks with ``run_in_auxiliary = False`` for an auxiliary run
         (``lr_find``, ``validate``, ``get_preds``, ``predict``), and put them back in their
-        original places however it ends."""
+        original places however it ends; the loop counters are put back too.
+
+        Raises:
+            RuntimeError: A fit or another run is in progress (called from a callback).
+        """
+        if self.bus.running:
+            raise RuntimeError(
+                "lr_find, validate, get_preds and predict cannot run while a fit or another "
+                "of them is running: call it after fit returns, not from a callback"
+            )
         restore = self.bus.suspend(cb for cb in self.state.cbs if not cb.run_in_auxiliary)
         self._sync_cbs()
         try:
-            yield
+            with self.state.counters_kept():
+                yield
         finally:
             restore()
             self._sync_cbs()
@@ -504,6 +515,96 @@ class Learner(StateWriter):
 
         with self._auxiliary_run():
             return lr_find(self, start_lr, end_lr, num_it, stop_div)
+
+    # ------------------------------------------------------- evaluation and inference
+
+    def validate(self, dl: BatchSource | None = None) -> dict[str, float]:
+        """The loss and metrics of the model as it is, on ``dl`` (default: ``dls.valid``).
+
+        Runs one validate stage, as a fit's validation phase does (``training`` False,
+        under ``no_grad``), so it returns exactly what that phase would record for the
+        same weights and data, without recording it (see :meth:`get_preds`).
+
+        Returns:
+            ``{"valid_loss": ..., "<metric name>": ...}``; ``nan`` without batches.
+        """
+        gather = Gather(sums=True, n_metrics=len(self.metrics))
+        self._auxiliary_phase(dl, self._valid_batch, gather)
+        return gather.metrics(self.metrics)
+
+    def get_preds(self, dl: BatchSource | None = None, *, with_loss: bool = False) -> Preds:
+        """The model's outputs on ``dl`` (default: ``dls.valid``), with targets, on the CPU.
+
+        One validate stage (``begin_validate``, the batch events, ``after_validate``) with
+        ``training`` False, under ``no_grad``; the model's train/eval modes are put back
+        afterwards. It is an auxiliary run: callbacks with ``run_in_auxiliary = False``
+        (Recorder, trackers, loggers, schedulers) are detached for it, so no record of
+        the fit changes. Each batch's outputs go to the CPU as the batch ends, so device
+        memory does not grow with the data. Batches without targets run the forward pass
+        only (no loss events).
+
+        Args:
+            dl: Batches of inputs and targets (or inputs only).
+            with_loss: Also return one loss per sample: the loss function called with
+                ``reduction="none"`` (a loss module's ``reduction`` is ``"none"`` for the
+                call), averaged over all but the first dimension.
+
+        Raises:
+            TypeError: ``with_loss`` and the loss function allows no ``reduction="none"``.
+        """
+        losses = per_sample_losses(self.loss_func) if with_loss else None
+        gather = Gather(keep=True, losses=losses)
+        values = self.state.trusted_values
+        body = either_body(values, self._valid_batch, prediction_body(values, self.bus))
+        self._auxiliary_phase(dl, body, gather)
+        return gather.result()
+
+    def predict(self, *inputs: Any) -> torch.Tensor:
+        """The model's output for one batch of ``inputs`` (``n_inp`` of them), on the CPU.
+
+        The inputs are moved to the device and run as a one-batch validate stage without
+        targets (``begin_batch``, ``after_pred``, ``after_batch``): see :meth:`get_preds`.
+
+        Raises:
+            TypeError: Not ``n_inp`` inputs.
+            RuntimeError: A callback cancelled the batch, so there is no prediction.
+        """
+        if len(inputs) != self.n_inp:
+            raise TypeError(
+                f"predict takes the model's inputs, n_inp={self.n_inp} of them, got {len(inputs)}"
+            )
+        gather = Gather(keep=True)
+        body = prediction_body(self.state.trusted_values, self.bus)
+        self._auxiliary_phase([inputs], body, gather)
+        if not gather.preds:
+            raise RuntimeError("predict has no prediction: a callback cancelled the batch")
+        return gather.result().preds
+
+    def _auxiliary_phase(
+        self, dl: BatchSource | None, one_batch: Callable[[], None], gather: Gather
+    ) -> None:
+        """Run one validate stage over ``dl`` as an auxiliary run, ``gather`` attached."""
+        source = self.dls.valid if dl is None else dl
+        if not isinstance(source, BatchSource):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"dl must be a sized iterable of batches, got {type(dl).__qualname__}")
+        model, state = self.model, self.state
+        modes = [module.training for module in model.modules()]
+        with self._auxiliary_run():
+            gather.set_learner(self)
+            self.bus.add(gather)
+            try:
+                state.set_trusted("training", False)
+                with torch.no_grad():
+                    self._phase(source, Stage.validate, one_batch)
+            except BaseException as error:
+                self._clear_loop_frames(error.__traceback__)
+                raise
+            finally:
+                self.bus.remove(gather)
+                gather.set_learner(None)
+                state.drop_batch()
+                for module, mode in zip(model.modules(), modes, strict=True):
+                    module.training = mode
 
     def _all_epochs(self) -> None:
         state, run, one_epoch = self.state, self.bus.run, self._one_epoch

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Literal, TypeVar, final
 
 import pydantic
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_FIELDS",
+    "LOOP_COUNTERS",
     "LOOP_OWNED_FIELDS",
     "STATE_FIELDS",
     "WRITABLE_FIELDS",
@@ -41,6 +43,11 @@ BATCH_FIELDS: Final = ("xb", "yb", "pred", "loss")
 LOOP_OWNED_FIELDS: Final = frozenset(
     {"epoch", "iter", "n_epoch", "n_iter", "dl", "dls", "x", "y", "cbs"}
 )
+
+# The loop counters a run overwrites: an auxiliary run (validate, lr_find) puts them back.
+LOOP_COUNTERS: Final[tuple[FieldName, ...]] = (
+    "n_epoch", "epoch", "n_iter", "iter", "train_iter", "pct_train", "training", "dl",
+)  # fmt: skip
 
 # Default of the fields that start unset: removed from the instance right after
 # construction, so reading one raises UnsetFieldError (typed Any to fit every field).
@@ -208,6 +215,21 @@ class TrainingState(pydantic.BaseModel):
     def invalidate(self, name: FieldName) -> None:
         """Forget the value of ``name``: it is unset again, or computed by its provider."""
         vars(self).pop(name, None)
+
+    @contextlib.contextmanager
+    def counters_kept(self) -> Generator[None, None, None]:
+        """Put the loop counters (:data:`LOOP_COUNTERS`) back as they were when the block
+        ends, however it ends: for runs that are not the fit's own (lr_find, validate)."""
+        values = vars(self)
+        saved = {name: values[name] for name in LOOP_COUNTERS if name in values}
+        try:
+            yield
+        finally:
+            for name in LOOP_COUNTERS:
+                if name in saved:
+                    values[name] = saved[name]
+                else:
+                    values.pop(name, None)
 
     def drop_batch(self) -> None:
         """Forget the last batch's tensors (inputs, targets, prediction, loss)."""

@@ -22,6 +22,8 @@ from .._state import UnsetFieldError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .._learner import Learner, Metric
+
 __all__ = ["ProgressCallback", "Recorder", "RecorderSnapshot", "TrainEvalCallback"]
 
 # Recorded per-batch losses are stacked into one tensor every this many batches, so a
@@ -71,6 +73,7 @@ class TrainEvalCallback(Callback):
 
     def begin_validate(self) -> None:
         state = self.learn.state
+        self._fields = state.trusted_values  # also for a validate run outside a fit
         state.model.eval()
         state.set_trusted("training", False)
 
@@ -87,14 +90,21 @@ class RecorderSnapshot:
     attributes: dict[str, object]
 
 
+ValidationLosses = list[tuple[torch.Tensor, int]]
+"""A validation phase's batch losses (device tensors), each with its batch size."""
+
+MetricSums = list[list[tuple[torch.Tensor, int]]]
+"""Per metric, its value on each validation batch (device tensors), with the batch size."""
+
+
 @attrs.frozen
 class _Epoch:
     """What the Recorder keeps of an epoch until its row of ``values`` is computed."""
 
     first_loss: int  # index of its first training loss in the loss record
     n_train: int
-    valid: list[tuple[torch.Tensor, int]]  # (validation loss, batch size)
-    metric_sums: list[list[tuple[torch.Tensor, int]]]  # per metric, (value, batch size)
+    valid: ValidationLosses
+    metric_sums: MetricSums
 
 
 # Epochs whose row of `values` may wait for a read: their validation losses and metric
@@ -125,6 +135,8 @@ class Recorder(Callback):
     """
 
     run_after: ClassVar[SubscriberClasses] = TrainEvalCallback
+    # Its records are the fit's: validate() computes its values with the same functions.
+    run_in_auxiliary: ClassVar[bool] = False
 
     def __init__(self, beta: float = 0.98) -> None:
         if not 0.0 <= beta < 1.0:
@@ -141,8 +153,8 @@ class Recorder(Callback):
         self._ema: torch.Tensor | None = None
         self._ema_count = 0  # losses folded into _ema
         self._smooth: torch.Tensor | None = None  # the debiased _ema, once computed
-        self._valid: list[tuple[torch.Tensor, int]] = []
-        self._metric_sums: list[list[tuple[torch.Tensor, int]]] = []
+        self._valid: ValidationLosses = []
+        self._metric_sums: MetricSums = []
         self._epoch_first_loss = 0
         self._epoch_start = 0.0
         self._cancelled = False
@@ -153,8 +165,7 @@ class Recorder(Callback):
     @property
     def metric_names(self) -> list[str]:
         """Names of the columns of :attr:`values`."""
-        names = [getattr(m, "__name__", type(m).__name__) for m in self.learn.metrics]
-        return ["train_loss", "valid_loss", *names]
+        return ["train_loss", "valid_loss", *map(metric_name, self.learn.metrics)]
 
     @property
     def losses(self) -> list[float]:
@@ -227,16 +238,7 @@ class Recorder(Callback):
                 self._flush()
             self.lrs.append(values["opt"].param_groups[0]["lr"])
         else:
-            try:
-                target, inputs = values["yb"], values["xb"]
-            except KeyError:  # as above
-                target, inputs = self.learn.state.yb, self.learn.state.xb
-            bs = (target[0] if target else inputs[0]).shape[0]
-            self._valid.append((loss, bs))
-            if self._metric_sums:
-                pred = self.learn.state.pred.detach()
-                for sums, metric in zip(self._metric_sums, self.learn.metrics, strict=True):
-                    sums.append((metric(pred, *target).detach(), bs))
+            add_validation_batch(self.learn, loss, self._valid, self._metric_sums)
 
     def after_epoch(self) -> None:
         # No tensor work here: the row is computed when `values` is read.
@@ -271,11 +273,9 @@ class Recorder(Callback):
             for epoch in self._pending:
                 first, n = epoch.first_loss, epoch.n_train
                 row = [losses[first : first + n].mean(dtype=torch.float32) if n else None]
-                row.append(_weighted_mean(epoch.valid))
-                row += [_weighted_mean(sums) for sums in epoch.metric_sums]
-                rows.append(row)
+                rows.append(row + validation_row(epoch.valid, epoch.metric_sums))
             self._pending = []
-            self._rows.extend(_to_host(rows))
+            self._rows.extend(values_to_host(rows))
 
     @property
     def _n_losses(self) -> int:
@@ -338,7 +338,7 @@ def _copied(value: object) -> object:
     return list(cast("list[object]", value)) if isinstance(value, list) else value
 
 
-def _to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[float]]:
+def values_to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[float]]:
     """The values of ``rows`` as floats, in one transfer; ``None`` (nothing to average) is nan."""
     present = [value for row in rows for value in row if value is not None]
     floats: list[float] = []
@@ -351,6 +351,38 @@ def _to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[float]]
         floats = cast("list[float]", stacked.float().tolist())  # pyright: ignore[reportUnknownMemberType]
     found = iter(floats)
     return [[math.nan if value is None else next(found) for value in row] for row in rows]
+
+
+def metric_name(metric: Metric) -> str:
+    """The column of ``metric`` in the Recorder's values: its ``__name__``."""
+    return getattr(metric, "__name__", type(metric).__name__)
+
+
+def add_validation_batch(
+    learn: Learner, loss: torch.Tensor, valid: ValidationLosses, metric_sums: MetricSums
+) -> None:
+    """Add the validation batch in flight to what a row of the Recorder's values averages.
+
+    ``loss`` is the batch's loss without its graph; ``metric_sums`` has one list per
+    metric of ``learn``. Nothing is read from the device. ``learn.validate()`` adds up
+    its batches with this too, so it returns what a fit's validation phase records.
+    """
+    values = learn.state.trusted_values
+    try:
+        target, inputs = values["yb"], values["xb"]
+    except KeyError:  # not a batch of the Learner's: let the state say what is missing
+        target, inputs = learn.state.yb, learn.state.xb
+    bs = (target[0] if target else inputs[0]).shape[0]
+    valid.append((loss, bs))
+    if metric_sums:
+        pred = learn.state.pred.detach()
+        for sums, metric in zip(metric_sums, learn.metrics, strict=True):
+            sums.append((metric(pred, *target).detach(), bs))
+
+
+def validation_row(valid: ValidationLosses, metric_sums: MetricSums) -> list[torch.Tensor | None]:
+    """``valid_loss`` and each metric: the batch-size-weighted means (``None``: no batch)."""
+    return [_weighted_mean(valid), *(_weighted_mean(sums) for sums in metric_sums)]
 
 
 def _weighted_mean(items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
@@ -393,15 +425,22 @@ class ProgressCallback(Callback):
         self._epoch_bar: tqdm[Any] | None = None
         self._batch_bar: tqdm[Any] | None = None
         self._printed_header = False
+        self._running = False  # between the start of a run and its teardown
         # Where _advance_bar is subscribed, and the bound method subscribed (the one to
         # unsubscribe: each attribute read makes a new bound method).
         self._subscribed: tuple[EventBus, Callable[[], None]] | None = None
 
     def begin_fit(self) -> None:
-        self._active = _interactive(sys.stderr) if self.show is None else self.show
+        self._start()
         self._printed_header = False
         if self._active:
             self._epoch_bar = tqdm(total=self.n_epoch, desc="epoch", unit="epoch", leave=False)
+
+    def _start(self) -> None:
+        """Decide whether this run shows, and if so subscribe the bar's advance."""
+        self._active = _interactive(sys.stderr) if self.show is None else self.show
+        self._running = True
+        if self._active:
             # Subscribed after the callbacks registered so far (the Recorder among them),
             # it sees the smooth loss with this batch's loss folded in.
             bus, hook = self.learn.bus, self._advance_bar
@@ -412,6 +451,8 @@ class ProgressCallback(Callback):
         self._open_batch_bar("train")
 
     def begin_validate(self) -> None:
+        if not self._running:  # a validate stage of its own: learn.validate(), get_preds()
+            self._start()
         self._open_batch_bar("valid")
 
     def _open_batch_bar(self, desc: str) -> None:
@@ -461,6 +502,7 @@ class ProgressCallback(Callback):
             self._batch_bar = None
 
     def _close_all(self) -> None:
+        self._running = False
         self._close_batch_bar()
         if self._epoch_bar is not None:
             self._epoch_bar.close()

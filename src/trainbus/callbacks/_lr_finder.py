@@ -20,7 +20,6 @@ from ._schedule import ParamScheduler, SchedExp
 
 if TYPE_CHECKING:
     from .._learner import Learner
-    from .._state import FieldName
 
 __all__ = ["LRFinder", "LRFinderResult", "lr_find"]
 
@@ -29,11 +28,6 @@ T = TypeVar("T")
 # Suggestions ignore the first tenth of the curve (the smoothed loss is still warming
 # up) and its last few points (where it diverges).
 _SKIP_END: Final = 5
-
-# The loop counters a fit overwrites; lr_find puts them back.
-_COUNTERS: Final[tuple[FieldName, ...]] = (
-    "n_epoch", "epoch", "n_iter", "iter", "train_iter", "pct_train", "training", "dl",
-)  # fmt: skip
 
 
 @final
@@ -291,16 +285,11 @@ def lr_find(
     if n_batches == 0:
         raise ValueError("lr_find needs training batches, but dls.train is empty")
     state = learn.state
-    counters = {name: state.__dict__[name] for name in _COUNTERS if name in state.__dict__}
     recorders = [(cb, cb.snapshot()) for cb in state.callbacks if isinstance(cb, Recorder)]
     try:
-        learn.fit(math.ceil(num_it / n_batches), cbs=[finder])
+        with state.counters_kept():
+            learn.fit(math.ceil(num_it / n_batches), cbs=[finder])
     finally:
-        for name in _COUNTERS:
-            if name in counters:
-                state.set_trusted(name, counters[name])
-            else:
-                state.invalidate(name)
         for recorder, snapshot in recorders:
             recorder.restore(snapshot)
         state.invalidate("smooth_loss")

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-import functools
-from collections.abc import Callable
-
 import torch
-from torch import nn
 from typing_extensions import override
 
 from .._callback import Callback
 from .._checks import checked_float
+from .._losses import LossFunc, per_sample_loss
 
 __all__ = ["MixUp"]
-
-LossFunc = Callable[..., torch.Tensor]
 
 
 class MixUp(Callback):
@@ -61,7 +55,7 @@ class MixUp(Callback):
     @override
     def begin_fit(self) -> None:
         original = self.loss_func
-        self._per_sample, self._reduction = _per_sample_loss(original)
+        self._per_sample, self._reduction = per_sample_loss(original, "MixUp")
         self._original = original
         self.learn.loss_func = self._wrapper
 
@@ -146,13 +140,3 @@ def _on_device_of(
 def _per_row(weights: torch.Tensor, ndim: int) -> torch.Tensor:
     """``weights`` of shape ``(bs,)`` viewed as ``(bs, 1, ..., 1)`` with ``ndim`` dims."""
     return weights.view(-1, *([1] * (ndim - 1)))
-
-
-def _per_sample_loss(loss_func: LossFunc) -> tuple[LossFunc, str]:
-    """A version of ``loss_func`` without reduction, and the reduction it had."""
-    reduction: object = getattr(loss_func, "reduction", None)
-    if isinstance(loss_func, nn.Module) and isinstance(reduction, str):
-        unreduced = copy.copy(loss_func)  # the user's module is left as it is
-        setattr(unreduced, "reduction", "none")  # noqa: B010 (not declared on nn.Module)
-        return unreduced, reduction
-    return functools.partial(loss_func, reduction="none"), "mean"
