@@ -131,7 +131,10 @@ class SaveModelCallback(TrackerCallback):
     temporary file behind.
 
     Args:
-        monitor, comp, min_delta, reset_on_fit: As for :class:`TrackerCallback`.
+        monitor: As for :class:`TrackerCallback`.
+        comp: As for :class:`TrackerCallback`.
+        min_delta: As for :class:`TrackerCallback`.
+        reset_on_fit: As for :class:`TrackerCallback`.
         fname: File name without the ``.pth`` suffix.
         every_epoch: Save every epoch (to a file per epoch), not only improvements.
         with_opt: Save and reload the optimizer's state too.
@@ -224,7 +227,10 @@ class ReduceLROnPlateau(TrackerCallback):
     epochs without improvement then starts again.
 
     Args:
-        monitor, comp, min_delta, reset_on_fit: As for :class:`TrackerCallback`.
+        monitor: As for :class:`TrackerCallback`.
+        comp: As for :class:`TrackerCallback`.
+        min_delta: As for :class:`TrackerCallback`.
+        reset_on_fit: As for :class:`TrackerCallback`.
         patience: Epochs without improvement before a reduction.
         factor: Divisor of the learning rate (greater than 1).
         min_lr: Floor of the learning rate.
@@ -279,7 +285,10 @@ class EarlyStoppingCallback(TrackerCallback):
     best weights).
 
     Args:
-        monitor, comp, min_delta, reset_on_fit: As for :class:`TrackerCallback`.
+        monitor: As for :class:`TrackerCallback`.
+        comp: As for :class:`TrackerCallback`.
+        min_delta: As for :class:`TrackerCallback`.
+        reset_on_fit: As for :class:`TrackerCallback`.
         patience: Epochs without improvement before stopping.
 
     Attributes:
