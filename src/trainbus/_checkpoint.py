@@ -31,6 +31,7 @@ __all__ = [
     "FORMAT_KEY",
     "FORMAT_VERSION",
     "CheckpointError",
+    "PathLike",
     "check_model",
     "check_optimizer",
     "load_checkpoint",

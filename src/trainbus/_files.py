@@ -15,7 +15,7 @@ __all__ = ["atomic_save", "atomic_write", "is_temporary"]
 _TMP_SUFFIX = ".tmp"
 
 
-def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary file, then rename it over ``target``.
 
     The temporary file is in ``target``'s folder (``.<name>.<random>.tmp``); it is flushed

@@ -22,6 +22,7 @@ from ._devices import DeviceLike, batch_mover, resolve_device
 from ._distributed import Distributed, detect
 from ._events import Event, Stage
 from ._inference import Gather, Preds, either_body, per_sample_losses, prediction_body
+from ._resume import ResumePlan
 from ._sharding import shard_dataloaders
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
 from ._views import StateWriter
@@ -159,6 +160,7 @@ class Learner(StateWriter):
         "_forward",
         "_functions",
         "_loop_code",
+        "_resume",
         "_train_batch",
         "_valid_batch",
         "bus",
@@ -219,6 +221,7 @@ class Learner(StateWriter):
         self._functions: dict[tuple[Event, Callable[[Learner], object]], Callable[[], object]] = {}
         # The module of the training forward pass, when not the model (see fit).
         self._forward: Final[list[nn.Module]] = []
+        self._resume: ResumePlan | None = None
         # Bodies handed to the bus, made once rather than on every batch.
         self._train_batch, self._valid_batch, body_code = _batch_bodies(
             self.state.trusted_values, self.bus, self._forward
@@ -398,7 +401,12 @@ class Learner(StateWriter):
     # ------------------------------------------------------------------- the loop
 
     def fit(
-        self, n_epoch: int, lr: float | None = None, cbs: Iterable[Callback] | None = None
+        self,
+        n_epoch: int,
+        lr: float | None = None,
+        cbs: Iterable[Callback] | None = None,
+        *,
+        resume: str | os.PathLike[str] | None = None,
     ) -> None:
         """Train for ``n_epoch`` epochs.
 
@@ -406,16 +414,28 @@ class Learner(StateWriter):
             n_epoch: Number of epochs (0 runs begin_fit and after_fit only).
             lr: If given, the learning rate of every parameter group from now on.
             cbs: Callbacks for this fit only: removed when it returns or raises.
+            resume: Go on from a training checkpoint (a path, or ``"latest"``: the newest
+                in the dir of the :class:`~trainbus.callbacks.Checkpoint` callback, or a
+                fresh start when there is none yet). The fit ends as the one that wrote
+                it would have, bit for bit; see docs/checkpoints.md.
+
+        Raises:
+            FileNotFoundError: ``resume`` names no file.
+            CheckpointError: The checkpoint cannot be read or does not fit this fit (its
+                model, optimizer, callbacks, data or ``n_epoch``); nothing has changed.
         """
         checked_int("n_epoch", n_epoch, 0, what="a non-negative int")
         if lr is not None:
             lr = checked_float("lr", lr)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
         added: list[Callback] = []
         try:
             for cb in cbs or ():
                 added.append(self.add_cb(cb))
+            if resume is not None:
+                self._resume = ResumePlan.prepare(self, resume, n_epoch)
+            if lr is not None:
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
             state = self.state
             # Counters of a previous fit must not leak into this one's begin_fit.
             for counter in ("epoch", "iter", "n_iter"):
@@ -432,6 +452,7 @@ class Learner(StateWriter):
                 self._clear_loop_frames(error.__cause__.__traceback__)
             raise
         finally:
+            self._resume = None
             self.state.drop_batch()
             for cb in reversed(added):
                 if cb in self.state.cbs:
@@ -459,6 +480,8 @@ class Learner(StateWriter):
         pct_start: float = 0.25,
         moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
         cbs: Iterable[Callback] | None = None,
+        *,
+        resume: str | os.PathLike[str] | None = None,
     ) -> ParamScheduler:
         """Train for ``n_epoch`` epochs with the one-cycle policy.
 
@@ -475,6 +498,7 @@ class Learner(StateWriter):
             pct_start: Fraction of the training batches spent warming up.
             moms: Momentum at the start, the peak of the learning rate, and the end.
             cbs: More callbacks for this fit only.
+            resume: Go on from a training checkpoint, as for :meth:`fit`.
 
         Returns:
             The fit's :class:`~trainbus.callbacks.ParamScheduler` (``.hps``, ``.plot``).
@@ -491,7 +515,7 @@ class Learner(StateWriter):
             lr_max, div=div, div_final=div_final, pct_start=pct_start, moms=moms
         )
         scheduler = ParamScheduler(scheds)
-        self.fit(n_epoch, cbs=[scheduler, *(cbs or ())])
+        self.fit(n_epoch, cbs=[scheduler, *(cbs or ())], resume=resume)
         return scheduler
 
     def lr_find(
@@ -609,14 +633,16 @@ class Learner(StateWriter):
     def _all_epochs(self) -> None:
         state, run, one_epoch = self.state, self.bus.run, self._one_epoch
         anchors = _accumulator_anchors(state.opt)  # held for the fit: see there
-        for epoch in range(state.n_epoch):
+        resume = self._resume
+        for epoch in range(0 if resume is None else resume.first_epoch(self), state.n_epoch):
             state.set_trusted("epoch", epoch)
             run(Stage.epoch, one_epoch)
         anchors.clear()
 
     def _one_epoch(self) -> None:
         dls = self.state.dls
-        self._phase(dls.train, Stage.train, self._train_batch)
+        if self._resume is None or not self._resume.skips_train():
+            self._phase(dls.train, Stage.train, self._train_batch)
         with torch.no_grad():
             self._phase(dls.valid, Stage.validate, self._valid_batch)
 
@@ -641,7 +667,10 @@ class Learner(StateWriter):
         pairs = n_inp == 1
         move = batch_mover(self._device, values["dl"])
         batch: Sequence[object]  # what a BatchSource yields; untyped sources may yield anything
-        for i, batch in enumerate(values["dl"]):
+        batches, first = values["dl"], 0
+        if self._resume is not None:  # the first phase of a resumed fit goes on after its batch
+            batches, first = self._resume.open(self, batches)
+        for i, batch in enumerate(batches, first):
             match batch:
                 case (x, y) if pairs:  # (input, target), split without slicing
                     values["xb"] = (move(x),)

@@ -6,6 +6,7 @@ Defaults (every Learner has them): :class:`TrainEvalCallback`, :class:`Recorder`
 :class:`CSVLogger`, :class:`TensorBoardLogger`, :class:`MLflowLogger`.
 """
 
+from ._checkpoint import Checkpoint
 from ._core import ProgressCallback, Recorder, RecorderSnapshot, TrainEvalCallback
 from ._csv import CSVLogger
 from ._gradients import GradientAccumulation, GradientClip
@@ -38,6 +39,7 @@ from ._tracker import (
 
 __all__ = [
     "CSVLogger",
+    "Checkpoint",
     "EarlyStoppingCallback",
     "GradientAccumulation",
     "GradientClip",

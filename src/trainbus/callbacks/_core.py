@@ -205,6 +205,55 @@ class Recorder(Callback):
         self._cancelled = False
         state.provide("smooth_loss", self._smooth_loss)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The records so far (tensors stay on their device), for an exact resume."""
+        losses = [*self._chunks, torch.stack(self._recent)] if self._recent else self._chunks
+        return {
+            "losses": torch.cat(losses) if losses else None,
+            "lrs": list(self.lrs),
+            "times": list(self.times),
+            "rows": [list(row) for row in self._rows],
+            "pending": [attrs.asdict(epoch, recurse=False) for epoch in self._pending],
+            "ema": self._ema,
+            "ema_count": self._ema_count,
+            "valid": list(self._valid),
+            "metric_sums": [list(sums) for sums in self._metric_sums],
+            "epoch_first_loss": self._epoch_first_loss,
+            "epoch_elapsed": time.perf_counter() - self._epoch_start,
+            "cancelled": self._cancelled,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s records, their tensors on the learner's device."""
+        device = self.learn.device
+
+        def moved(items: list[tuple[torch.Tensor, int]]) -> list[tuple[torch.Tensor, int]]:
+            return [(value.to(device), n) for value, n in items]
+
+        losses: torch.Tensor | None = state["losses"]
+        self._chunks = [] if losses is None else [losses.to(device)]
+        self._recent, self._n_chunked = [], 0 if losses is None else losses.shape[0]
+        self.lrs, self.times = list(state["lrs"]), list(state["times"])
+        self._rows = [list(row) for row in state["rows"]]
+        self._pending = [
+            _Epoch(
+                e["first_loss"],
+                e["n_train"],
+                moved(e["valid"]),
+                [moved(m) for m in e["metric_sums"]],
+            )
+            for e in state["pending"]
+        ]
+        ema: torch.Tensor | None = state["ema"]
+        self._ema = None if ema is None else ema.to(device)
+        self._ema_count = int(state["ema_count"])
+        self._smooth = None
+        self._valid = moved(state["valid"])
+        self._metric_sums = [moved(sums) for sums in state["metric_sums"]]
+        self._epoch_first_loss = state["epoch_first_loss"]
+        self._epoch_start = time.perf_counter() - state["epoch_elapsed"]
+        self._cancelled = state["cancelled"]
+
     def begin_epoch(self) -> None:
         self._epoch_first_loss = self._n_losses
         self._epoch_start = time.perf_counter()

@@ -6,7 +6,7 @@ import csv
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
@@ -46,6 +46,7 @@ class CSVLogger(Logger):
         self.append = append
         self._file: TextIOWrapper | None = None
         self._writer: csv.DictWriter[str] | None = None
+        self._start = 0  # where this fit's rows start in the file
 
     @property
     def columns(self) -> list[str]:
@@ -68,11 +69,37 @@ class CSVLogger(Logger):
                     f"this fit's columns {columns}; use another file or append=False"
                 )
             write_header = False
+        self._start = path.stat().st_size if self.append and path.exists() else 0
         self._file = path.open("a" if self.append else "w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=columns)
         if write_header:
             self._writer.writeheader()
             self._file.flush()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The Logger's counters, where this fit's rows start in the file, and their text."""
+        text = ""
+        if self._file is not None:
+            self._file.flush()
+            with self.fname.open("rb") as file:
+                file.seek(self._start)
+                text = file.read().decode("utf-8")
+        return {**super().state_dict(), "start": self._start, "text": text}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Cut the file back to the checkpoint's rows: later ones are written again."""
+        super().load_state_dict(state)
+        file = self._file
+        if file is None:
+            return
+        self._start = int(state["start"])
+        file.flush()
+        file.truncate(self._start)
+        file.seek(0, os.SEEK_END)
+        file.write(str(state["text"]))
+        file.flush()
 
     @override
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

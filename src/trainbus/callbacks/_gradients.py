@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from typing_extensions import override
@@ -74,6 +74,15 @@ class GradientAccumulation(Callback):
     @override
     def teardown(self) -> None:
         self._no_sync.close()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # The accumulated gradients themselves are in the checkpoint's parameters.
+        return {"count": self.count}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
 
     @override
     def after_loss(self) -> None:

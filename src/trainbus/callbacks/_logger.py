@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final, TypeAlias, cast
+from typing import Any, ClassVar, Final, TypeAlias, cast
 
 import torch
 from typing_extensions import override
@@ -132,6 +132,16 @@ class Logger(Callback):
                 _put(found, key, value)
         found.update(self.hparams)
         return found
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The steps seen and sent so far (for an exact resume)."""
+        return {"n_seen": self._n_seen, "n_sent": self._n_sent, "moms": list(self._moms)}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._n_seen, self._n_sent = int(state["n_seen"]), int(state["n_sent"])
+        self._moms = list(state["moms"])
 
     @override
     def begin_fit(self) -> None:

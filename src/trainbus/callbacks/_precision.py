@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import torch
 from torch import nn
@@ -94,6 +94,18 @@ class MixedPrecision(Callback):
         if self.scaler is None and self.dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(device)
         self.skipped_steps = 0
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        scaler = self.scaler
+        scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}
+        return {"skipped_steps": self.skipped_steps, "scaler": scaler_state}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped_steps = int(state["skipped_steps"])
+        if state["scaler"] and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
     @override
     def begin_batch(self) -> None:

@@ -333,6 +333,14 @@ class ParamScheduler(Callback):
         self.hps = {name: [] for name in self.scheds}
         self._resolve()
 
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"hps": {name: list(values) for name, values in self.hps.items()}}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.hps = {name: list(values) for name, values in state["hps"].items()}
+
     def _resolve(self) -> None:
         opt = self.opt
         self._targets = [

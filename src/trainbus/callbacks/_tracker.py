@@ -106,6 +106,14 @@ class TrackerCallback(Callback):
         self.new_best = False
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "new_best": self.new_best}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.new_best = state["best"], bool(state["new_best"])
+
+    @override
     def after_epoch(self) -> None:
         value = self.learn.recorder.values[-1][self._index]
         best = self.best
@@ -189,6 +197,15 @@ class SaveModelCallback(TrackerCallback):
         self.path.mkdir(parents=True, exist_ok=True)
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_epoch": self.best_epoch}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.best_epoch = state["best_epoch"]
+
+    @override
     def after_epoch(self) -> None:
         super().after_epoch()
         if self.new_best:
@@ -266,6 +283,15 @@ class ReduceLROnPlateau(TrackerCallback):
         self.wait = 0
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "wait": self.wait}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.wait = int(state["wait"])
+
+    @override
     def after_epoch(self) -> None:
         super().after_epoch()
         self.wait = 0 if self.new_best else self.wait + 1
@@ -318,6 +344,15 @@ class EarlyStoppingCallback(TrackerCallback):
         super().begin_fit()
         self.wait = 0
         self.stopped_epoch = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.wait, self.stopped_epoch = int(state["wait"]), state["stopped_epoch"]
 
     @override
     def after_epoch(self) -> None:

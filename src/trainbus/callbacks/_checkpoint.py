@@ -1,0 +1,222 @@
+"""Checkpoint: training checkpoints a killed fit resumes from, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar, Final
+
+from typing_extensions import override
+
+from .._callback import Callback
+from .._checkpoint import CheckpointError, save_checkpoint
+from .._checks import checked_int
+from .._files import atomic_write, is_temporary
+from .._hooks import SubscriberClasses
+from .._resume import PHASE_START, Phase, phase_start, training_state
+from ._core import Recorder, TrainEvalCallback
+
+__all__ = ["Checkpoint"]
+
+_LATEST: Final = "latest"
+_STEMS: Final = ("step-", "epoch-", _LATEST)
+_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+
+_SignalHandler = Any  # what signal.getsignal returns: a callable, SIG_DFL, SIG_IGN or None
+
+
+class Checkpoint(Callback):
+    """Writes training checkpoints to ``dir``; ``fit(..., resume="latest")`` goes on from the last.
+
+    A checkpoint holds everything the rest of the fit depends on: the model, the
+    optimizer, every callback's ``state_dict()``, the loop counters, the random states
+    (Python, torch CPU and CUDA, NumPy) and the position in the data. A fit killed at any
+    moment and resumed from its last checkpoint ends with the same weights, losses and
+    values, bit for bit, as the fit run without interruption (same machine and data).
+
+    Files: ``step-<train_iter>.pt`` after a training batch, ``epoch-<epoch>.pt`` after an
+    epoch, ``epoch-<epoch>-valid-<n>.pt`` after ``n`` validation batches (on interrupt
+    only), and ``latest``, a text file naming the newest. Each is written to a temporary
+    file, fsynced and renamed, and ``latest`` is updated (the same way) after it, so a
+    crash leaves the previous checkpoint and ``latest`` intact; then the oldest files
+    beyond ``keep_last`` are removed.
+
+    It runs last in every event (``order = 1000``), so it saves what the other callbacks
+    did with the batch or epoch. A callback that stops the fit in ``after_epoch``
+    (early stopping) runs before it: that epoch is not saved, and a resumed fit repeats it.
+
+    Args:
+        dir: Folder of the checkpoints (created if missing).
+        every_n_steps: Also save after every this many training batches (``train_iter``).
+        every_epoch: Save at the end of every epoch.
+        keep_last: How many checkpoints of this fit to keep.
+        save_on_interrupt: On SIGTERM or SIGINT (Ctrl-C) during the fit, save at the next
+            batch boundary, then let the signal act as it would have (the previous
+            handlers are restored; main thread only). A second signal acts at once.
+
+    Attributes:
+        written: File names of the checkpoints of this fit still kept, oldest first.
+    """
+
+    run_after: ClassVar[SubscriberClasses] = (TrainEvalCallback, Recorder)
+    order: ClassVar[int] = 1000
+    run_in_auxiliary: ClassVar[bool] = False
+    rank_zero_only: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str],
+        *,
+        every_n_steps: int | None = None,
+        every_epoch: bool = True,
+        keep_last: int = 3,
+        save_on_interrupt: bool = False,
+    ) -> None:
+        self.dir: Path = Path(dir)
+        self.every_n_steps: int | None = (
+            None
+            if every_n_steps is None
+            else checked_int("Checkpoint every_n_steps", every_n_steps)
+        )
+        self.every_epoch = every_epoch
+        self.keep_last: int = checked_int("Checkpoint keep_last", keep_last)
+        self.save_on_interrupt = save_on_interrupt
+        self.written: list[str] = []
+        self._fields: dict[str, Any] = {}
+        self._signal: int | None = None
+        self._previous: dict[int, _SignalHandler] = {}
+
+    @property
+    def latest(self) -> Path | None:
+        """The newest checkpoint in ``dir`` (named by its ``latest`` file), or ``None``.
+
+        Raises:
+            CheckpointError: The ``latest`` file does not name a checkpoint file.
+        """
+        pointer = self.dir / _LATEST
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not name or name != Path(name).name or name.startswith("."):
+            raise CheckpointError(f"{pointer} does not name a checkpoint file: {name!r}")
+        return self.dir / name
+
+    @override
+    def begin_fit(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for path in self.dir.iterdir():  # left by a process killed while writing
+            if any(is_temporary(path, stem) for stem in _STEMS):
+                path.unlink(missing_ok=True)
+        self.written = []
+        self._signal = None
+        self._fields = self.learn.state.trusted_values
+        if self.save_on_interrupt:
+            self._install()
+
+    @override
+    def begin_train(self) -> None:
+        self.learn.state.extras[PHASE_START] = phase_start(self.learn.state.dl)
+
+    @override
+    def begin_validate(self) -> None:
+        self.learn.state.extras[PHASE_START] = phase_start(self.learn.state.dl)
+
+    @override
+    def after_batch(self) -> None:
+        values = self._fields
+        if self._signal is not None:
+            self._save("train" if values["training"] else "valid")
+            self._redeliver(resume_watching=True)
+            return
+        every = self.every_n_steps
+        if every is not None and values["training"] and values["train_iter"] % every == 0:
+            self._save("train")
+
+    @override
+    def after_epoch(self) -> None:
+        interrupted = self._signal is not None
+        if self.every_epoch or interrupted:
+            self._save("end")
+        if interrupted:
+            self._redeliver(resume_watching=True)
+
+    @override
+    def after_fit(self) -> None:
+        if self._signal is not None:  # came after the last boundary: nothing left to save
+            self._redeliver(resume_watching=False)
+
+    @override
+    def teardown(self) -> None:
+        self._uninstall()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"written": list(self.written)}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.written = [str(name) for name in state["written"]]
+
+    def _file_name(self, phase: Phase) -> str:
+        values = self._fields
+        if phase == "train":
+            return f"step-{values['train_iter']:08d}.pt"
+        if phase == "valid":
+            return f"epoch-{values['epoch']:04d}-valid-{values['iter'] + 1:06d}.pt"
+        return f"epoch-{values['epoch']:04d}.pt"
+
+    def _save(self, phase: Phase) -> None:
+        name = self._file_name(phase)
+        previous = self.written
+        kept = [*(n for n in previous if n != name), name][-self.keep_last :]
+        self.written = kept  # the file records the list it belongs to
+        try:
+            save_checkpoint(
+                self.learn, self.dir / name, with_opt=True, train=training_state(self.learn, phase)
+            )
+            atomic_write(self.dir / _LATEST, lambda file: file.write(name.encode()))
+        except BaseException:
+            self.written = previous
+            raise
+        for old in previous:
+            if old not in kept:
+                (self.dir / old).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------- interrupts
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return
+        for signum in _SIGNALS:
+            current = signal.getsignal(signum)
+            if current is None:  # installed outside Python: it could not be put back
+                continue
+            self._previous[signum] = current
+            signal.signal(signum, self._on_signal)
+
+    def _uninstall(self) -> None:
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._signal is None:
+            self._signal = signum  # acted on at the next batch boundary
+            return
+        self._signal = None  # a second one: as if this callback were not there
+        self._uninstall()
+        signal.raise_signal(signum)
+
+    def _redeliver(self, *, resume_watching: bool) -> None:
+        """Give the pending signal to the handlers it would have reached without this callback."""
+        signum, self._signal = self._signal, None
+        if signum is None:
+            return
+        self._uninstall()
+        signal.raise_signal(signum)  # ends the fit, unless the handler returns (SIG_IGN, ...)
+        if resume_watching:
+            self._install()
