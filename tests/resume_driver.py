@@ -1,21 +1,27 @@
 """A fit with every stateful part, to be killed and resumed (tests/test_resume*.py).
 
-``python tests/resume_driver.py KIND DIR OUT [--kill-at STEP ...] [--kill-at-epoch E ...]``
+``python tests/resume_driver.py KIND DIR OUT [--kill-at STEP ...] [--kill-at-epoch E ...]
+[--kill-in-write N]``
 runs ``fit_one_cycle(4, resume="latest")`` with ``Checkpoint(DIR, every_n_steps=7)`` on
 shuffled data of KIND, dropout, Recorder, EarlyStoppingCallback, GradientAccumulation,
 MixedPrecision (bfloat16 on the CPU), MixUp and a callback drawing from Python's and
 NumPy's generators. It SIGKILLs itself after training batch STEP (``train_iter``) or at
-the end of epoch E, once each (a marker file in DIR remembers the kills done), and
-otherwise writes the results to OUT.
+the end of epoch E, or halfway through its Nth checkpoint write, once each (a marker file
+in DIR remembers the kills done), and otherwise writes the results to OUT. The module
+also holds the helpers of the resume tests: the uninterrupted fit's results, and the
+comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import os
 import random
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -106,6 +112,28 @@ class Killer(Callback):
             self._kill_once(f"epoch{self.epoch}")
 
 
+def kill_while_writing(folder: Path, nth: int) -> None:
+    """Make the ``nth`` checkpoint write of this process SIGKILL it halfway (once per folder)."""
+    real_save = torch.save
+    calls = 0
+
+    def save(obj: object, file: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        marker = folder / "killed-write"
+        if calls == nth and not marker.exists():
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            file.write(buffer.getvalue()[: buffer.tell() // 2])
+            file.flush()
+            marker.write_text("")
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(obj, file, *args, **kwargs)
+
+    patched: Any = torch
+    patched.save = save
+
+
 def make_learner(kind: Kind) -> Learner:
     """The learner (seeded), with the callbacks that keep state."""
     random.seed(1)
@@ -141,6 +169,29 @@ def results(learn: Learner) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def reference(kind: Kind) -> dict[str, Any]:
+    """The uninterrupted fit's results (one per kind, shared by the tests)."""
+    with tempfile.TemporaryDirectory() as folder:
+        learn = make_learner(kind)
+        fit(learn, Path(folder))
+        return results(learn)
+
+
+def assert_identical(expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    """Weights, optimizer state, losses, values and learning rates: torch.equal."""
+    for name in ("losses", "values", "lrs"):
+        assert torch.equal(expected[name], actual[name]), name
+    weights = expected["weights"]
+    assert weights.keys() == actual["weights"].keys()
+    for key in weights:
+        assert torch.equal(weights[key], actual["weights"][key]), key
+    assert expected["opt"]["param_groups"] == actual["opt"]["param_groups"]
+    for index, state in expected["opt"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, actual["opt"]["state"][index][key]), (index, key)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=KINDS)
@@ -148,8 +199,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--kill-at", type=int, nargs="*", default=[])
     parser.add_argument("--kill-at-epoch", type=int, nargs="*", default=[])
+    parser.add_argument("--kill-in-write", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.kill_in_write:
+        kill_while_writing(args.folder, args.kill_in_write)
     learn = make_learner(args.kind)
     fit(learn, args.folder, [Killer(args.folder, args.kill_at, args.kill_at_epoch)])
     torch.save(results(learn), args.out)

@@ -6,9 +6,7 @@ checkpoint, ends bit for bit as the fit run without interruption.
 
 from __future__ import annotations
 
-import functools
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 import torch
 from typing_extensions import override
 
-from resume_driver import EVERY, Kind, fit, make_learner, results
+from resume_driver import EVERY, Kind, assert_identical, fit, make_learner, reference, results
 from trainbus import Callback, CheckpointError, Learner
 from trainbus.callbacks import Checkpoint, EarlyStoppingCallback
 
@@ -49,29 +47,6 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
     torch.set_rng_state(rng)
-
-
-@functools.cache
-def reference(kind: Kind) -> dict[str, Any]:
-    """The uninterrupted fit's results (one per kind, shared by the tests)."""
-    with tempfile.TemporaryDirectory() as folder:
-        learn = make_learner(kind)
-        fit(learn, Path(folder))
-        return results(learn)
-
-
-def assert_identical(expected: dict[str, Any], actual: dict[str, Any]) -> None:
-    """Weights, optimizer state, losses, values and learning rates: torch.equal."""
-    for name in ("losses", "values", "lrs"):
-        assert torch.equal(expected[name], actual[name]), name
-    weights = expected["weights"]
-    assert weights.keys() == actual["weights"].keys()
-    for key in weights:
-        assert torch.equal(weights[key], actual["weights"][key]), key
-    assert expected["opt"]["param_groups"] == actual["opt"]["param_groups"]
-    for index, state in expected["opt"]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, actual["opt"]["state"][index][key]), (index, key)
 
 
 def crash_then_resume(kind: Kind, folder: Path, *crashes: Crash) -> Learner:
