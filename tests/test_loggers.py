@@ -234,10 +234,13 @@ def test_loggers_run_on_rank_zero_only_and_not_in_auxiliary_runs() -> None:
     assert Callback.rank_zero_only is False and Callback.run_in_auxiliary is True
 
 
-def test_lr_find_logs_nothing() -> None:
+def test_auxiliary_runs_log_nothing() -> None:
     logger = ListLogger(every_n_steps=1)
     learn = sgd_learner(logger)
     learn.lr_find(num_it=5)
+    learn.validate()
+    learn.get_preds(with_loss=True)
+    learn.predict(torch.zeros(3, 2))
     assert logger.events == []
     learn.fit(1)  # still attached, in its place, for the fits
     assert logger.events[:2] == ["start", "hparams"] and logger.events[-1] == "close"
