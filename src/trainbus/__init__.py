@@ -9,6 +9,7 @@ from ._bus import EventBus, Handler
 from ._callback import Callback
 from ._checkpoint import CheckpointError
 from ._data import BatchSource, DataLoaders, TensorBatches
+from ._distributed import Distributed, RankFailedError
 from ._events import Event, Stage
 from ._hooks import HookError, Subscriber
 from ._inference import Preds
@@ -42,6 +43,7 @@ __all__ = [
     "CancelValidException",
     "CheckpointError",
     "DataLoaders",
+    "Distributed",
     "Event",
     "EventBus",
     "Extras",
@@ -50,6 +52,7 @@ __all__ = [
     "Learner",
     "Metric",
     "Preds",
+    "RankFailedError",
     "SignalUsageError",
     "Stage",
     "StateKey",

@@ -77,7 +77,9 @@ class Distributed:
         world_size: Number of processes in the group (1 on a single process).
         owns_group: Whether the Learner initialised the group (from torchrun's
             environment) and so destroys it: when the process exits, or on failure.
-        seed: Shuffle seed of the data shards, the same on every rank.
+        seed: Shuffle seed of the data shards, the same on every rank without a
+            collective: 0, as ``DistributedSampler``'s (the epoch is added to it). A
+            seeded ``DataLoaders.from_tensors`` shuffles with its own generator instead.
     """
 
     __slots__ = ("_ddp", "_wrapped", "owns_group", "rank", "seed", "world_size")
@@ -86,7 +88,7 @@ class Distributed:
         self.rank: Final = rank
         self.world_size: Final = world_size
         self.owns_group: Final = owns_group
-        self.seed: int = 0
+        self.seed: Final = 0
         self._ddp: DistributedDataParallel | None = None
         self._wrapped: nn.Module | None = None  # the model in _ddp
 
@@ -251,14 +253,7 @@ def detect() -> Distributed:
             return Distributed()
         _init_group()
         owns = True
-    found = Distributed(dist.get_rank(), dist.get_world_size(), owns_group=owns)
-    if found.active:
-        # One seed for the shuffles of all ranks: rank 0's (its torch seed, so a seeded
-        # script shuffles the same way every run).
-        seed = torch.tensor([torch.initial_seed() & ((1 << 62) - 1)], device=_collective_device())
-        dist.broadcast(seed, src=0)
-        found.seed = int(seed.item())
-    return found
+    return Distributed(dist.get_rank(), dist.get_world_size(), owns_group=owns)
 
 
 def _collective_device() -> torch.device:
