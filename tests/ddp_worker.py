@@ -86,6 +86,7 @@ def train(out: Path, rank: int) -> dict[str, Any]:
     learn.fit(3)
     result["weights"] = weights(learn.model)
     result["values"] = learn.recorder.values
+    result["validate"] = learn.validate()
     result["cbs"] = [type(cb).__name__ for cb in learn.cbs]
 
     stopper = EarlyStoppingCallback("valid_loss", patience=1, min_delta=0.05)

@@ -104,6 +104,12 @@ def test_two_ranks_of_16_train_as_one_process_of_32(
     reference = learner(32, cbs=[])
     reference.fit(3)
     assert_weights_close(r0["weights"], weights(reference.model))
+    # validate() reduces the shards too: the last epoch's values, the same on every rank.
+    assert r0["validate"] == r1["validate"]
+    assert list(r0["validate"].values()) == r0["values"][-1][1:]
+    expected = reference.validate()
+    for name, value in r0["validate"].items():
+        assert value == pytest.approx(expected[name], abs=1e-6), name
     torch.testing.assert_close(
         torch.tensor(r0["values"]), torch.tensor(reference.recorder.values), rtol=0, atol=1e-6
     )

@@ -19,7 +19,7 @@ from ._checkpoint import load_checkpoint, save_checkpoint
 from ._checks import checked_float, checked_int
 from ._data import BatchSource, DataLoaders
 from ._devices import DeviceLike, batch_mover, resolve_device
-from ._distributed import Distributed, detect
+from ._distributed import Distributed, detect, reduced_row
 from ._events import Event, Stage
 from ._inference import Gather, Preds, either_body, per_sample_losses, prediction_body
 from ._resume import ResumePlan
@@ -549,12 +549,19 @@ class Learner(StateWriter):
         under ``no_grad``), so it returns exactly what that phase would record for the
         same weights and data, without recording it (see :meth:`get_preds`).
 
+        On many processes, the default loader is this rank's shard: the values are
+        reduced over the ranks (every rank must call it), as a fit's are.
+
         Returns:
             ``{"valid_loss": ..., "<metric name>": ...}``; ``nan`` without batches.
         """
         gather = Gather(sums=True, n_metrics=len(self.metrics))
         self._auxiliary_phase(dl, self._valid_batch, gather)
-        return gather.metrics(self.metrics)
+        result = gather.metrics(self.metrics)
+        if dl is None and self._dist.active:  # this rank's shard: reduced over the ranks
+            row = reduced_row(torch.zeros(0), gather.valid, gather.metric_sums)[1:]
+            result = dict(zip(result, row, strict=True))
+        return result
 
     def get_preds(self, dl: BatchSource | None = None, *, with_loss: bool = False) -> Preds:
         """The model's outputs on ``dl`` (default: ``dls.valid``), with targets, on the CPU.
