@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from conftest import tiny_dls, tiny_model
 from test_host_sync import BATCH_EVENTS, SyncLog, classifier
 from trainbus import Callback, CancelFitException, Event, Learner
 from trainbus.callbacks import (
+    Checkpoint,
     CSVLogger,
     HParam,
     Logger,
@@ -252,3 +254,33 @@ def test_a_logger_without_log_metrics_says_so() -> None:
 
     with pytest.raises(NotImplementedError, match="Incomplete must define log_metrics"):
         sgd_learner(Incomplete()).fit(1)
+
+
+class CrashAt(Callback):
+    """Raises at the end of training step ``step`` (after the Checkpoint wrote its file)."""
+
+    order = 2000
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @override
+    def after_batch(self) -> None:
+        if self.training and self.train_iter == self.step:
+            raise RuntimeError("crash")
+
+
+def test_a_resumed_fit_sends_the_steps_the_interrupted_one_had_not(tmp_path: Path) -> None:
+    first = ListLogger(every_n_steps=3)
+    # Checkpoints after steps 2 and 4; steps 1-3 are sent at step 3, then the fit fails at 5.
+    with pytest.raises(RuntimeError, match="crash"):
+        sgd_learner(first, Checkpoint(tmp_path, every_n_steps=2), CrashAt(5)).fit(3)
+    assert [step for step, _ in first.metrics(steps=True)] == [0, 1, 2]
+    resumed = ListLogger(every_n_steps=3)
+    learn = sgd_learner(resumed, Checkpoint(tmp_path, every_n_steps=2))
+    learn.fit(3, resume="latest")
+    steps = resumed.metrics(steps=True)
+    assert [step for step, _ in steps] == list(range(3, 9))  # from the checkpoint's n_sent
+    assert [m["step/train_loss"] for _, m in steps] == learn.recorder.losses[3:]
+    assert [m["step/mom"] for _, m in steps] == [0.9] * 6
+    assert [step for step, _ in resumed.metrics(steps=False)] == [1, 2]

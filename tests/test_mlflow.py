@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_dls, tiny_model
-from test_loggers import StopAt
+from test_loggers import CrashAt, StopAt
 from trainbus import Callback, Learner
-from trainbus.callbacks import MLflowLogger, SaveModelCallback
+from trainbus.callbacks import Checkpoint, MLflowLogger, SaveModelCallback
 
 pytest.importorskip("mlflow", reason='needs pip install "trainbus[mlflow]"')
 
@@ -136,3 +136,31 @@ def test_the_default_store_is_a_sqlite_file_in_the_current_folder(
 def test_the_experiment_must_be_named() -> None:
     with pytest.raises(ValueError, match="experiment must be a non-empty str, got ''"):
         MLflowLogger("")
+
+
+def test_a_resumed_fit_goes_on_with_the_interrupted_run(store: str, tmp_path: Path) -> None:
+    first = MLflowLogger("resumed", store, every_n_steps=3)
+    with pytest.raises(RuntimeError, match="crash"):
+        learner(first, Checkpoint(tmp_path, every_n_steps=2), CrashAt(6)).fit(3)
+    client = MlflowClient(tracking_uri=store)
+    assert first.run_id is not None
+    assert client.get_run(first.run_id).info.status == "FAILED"
+    resumed = MLflowLogger("resumed", store, every_n_steps=3)
+    checkpoint = Checkpoint(tmp_path, every_n_steps=2)
+    learn = learner(resumed, checkpoint)
+    learn.fit(3, resume="latest")
+    assert resumed.run_id == first.run_id  # one run for the whole fit
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("resumed")
+    assert experiment is not None
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [
+        first.run_id
+    ]  # the resumed fit's own new run was deleted
+    steps = history(client, first.run_id, "step/train_loss")
+    assert steps == list(enumerate(learn.recorder.losses))  # every step once
+    epochs = history(client, first.run_id, "valid_loss")
+    assert epochs == [(epoch, row[1]) for epoch, row in enumerate(learn.recorder.values)]
+    # The last checkpoint the fit wrote, as an artifact.
+    assert checkpoint.written
+    assert artifacts(client, first.run_id, "checkpoint") == [f"checkpoint/{checkpoint.written[-1]}"]

@@ -47,7 +47,8 @@ class Logger(Callback):
       optimizer has neither), with ``step`` the index of the Recorder's loss. They are
       sent every ``every_n_steps`` recorded steps (the rest at the end of the fit), the
       losses read from the device in one transfer each time: no host sync on the other
-      steps;
+      steps. A fit resumed from a :class:`Checkpoint` sends the steps the interrupted one
+      had not sent;
     * :meth:`close` once, however the fit ends (``error`` is ``None`` unless an exception
       is ending it).
 
@@ -140,6 +141,7 @@ class Logger(Callback):
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from :meth:`state_dict`: the resumed fit sends the steps not sent yet."""
         self._n_seen, self._n_sent = int(state["n_seen"]), int(state["n_sent"])
         self._moms = list(state["moms"])
 

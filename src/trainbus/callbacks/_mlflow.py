@@ -6,11 +6,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from typing_extensions import override
 
 from .._checks import checked_int
+from ._checkpoint import Checkpoint
 from ._logger import HParam, Logger
 from ._tracker import SaveModelCallback
 
@@ -52,8 +53,10 @@ class MLflowLogger(Logger):
     training step ``step/train_loss``, ``step/lr``, ``step/mom`` (step: the step), sent
     every ``every_n_steps`` steps with one read from the device and one write to the
     store. When a :class:`SaveModelCallback` of the fit saved a model, its best file is
-    logged as an artifact under ``model/``. The run ends ``FINISHED`` (also after a
-    cancel signal), ``KILLED`` (KeyboardInterrupt) or ``FAILED`` (another exception).
+    logged as an artifact under ``model/``; when a :class:`Checkpoint` wrote checkpoints,
+    the last one under ``checkpoint/``. The run ends ``FINISHED`` (also after a cancel
+    signal), ``KILLED`` (KeyboardInterrupt) or ``FAILED`` (another exception). A fit
+    resumed from a checkpoint goes on logging to the interrupted fit's run.
 
     Args:
         experiment: The experiment's name (created if missing).
@@ -144,17 +147,56 @@ class MLflowLogger(Logger):
         run_id = self._run()
         if error is None:
             self.flush()
-            for cb in self.learn.cbs:
-                if isinstance(cb, SaveModelCallback):
-                    best = cb.best_file
-                    if best is not None and best.is_file():
-                        # MlflowClient.log_artifact leaves its arguments unannotated.
-                        log = cast("Callable[..., None]", self.client.log_artifact)  # pyright: ignore[reportUnknownMemberType]
-                        log(run_id, str(best), artifact_path="model")
+            # MlflowClient.log_artifact leaves its arguments unannotated.
+            log = cast("Callable[..., None]", self.client.log_artifact)  # pyright: ignore[reportUnknownMemberType]
+            for folder, path in self._model_files():
+                log(run_id, str(path), artifact_path=folder)
         status = "FINISHED"
         if error is not None:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         self.client.set_terminated(run_id, status)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The base's, and the run: a resumed fit goes on logging to it."""
+        return {**super().state_dict(), "run_id": self.run_id}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on with the interrupted fit's run, when this store holds it.
+
+        The run ``begin_fit`` opened for the resumed fit is deleted, and the interrupted
+        one is marked running again.
+        """
+        super().load_state_dict(state)
+        saved: str | None = state.get("run_id")
+        if saved is None or saved == self.run_id:
+            return
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        try:
+            client.get_run(saved)
+        except MlflowException:  # another store: keep this fit's new run
+            return
+        client.delete_run(self._run())
+        client.update_run(saved, status="RUNNING")
+        self.run_id = saved
+
+    def _model_files(self) -> list[tuple[str, Path]]:
+        """``(artifact folder, file)``: the best model of a SaveModelCallback (``model``),
+        the last checkpoint of a Checkpoint (``checkpoint``), those written in this fit."""
+        found: list[tuple[str, Path]] = []
+        for cb in self.learn.cbs:
+            if isinstance(cb, SaveModelCallback):
+                best = cb.best_file
+                if best is not None and best.is_file():
+                    found.append(("model", best))
+            elif isinstance(cb, Checkpoint) and cb.written:
+                last = cb.dir / cb.written[-1]
+                if last.is_file():
+                    found.append(("checkpoint", last))
+        return found
 
     def _run(self) -> str:
         if self.run_id is None:
