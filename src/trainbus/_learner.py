@@ -7,7 +7,6 @@ import functools
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
-from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import torch
@@ -39,73 +38,12 @@ C = TypeVar("C", bound=Callback)
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """A metric: ``metric(pred, target) -> Tensor`` (a batch mean), e.g. ``accuracy``."""
 
-# Module constants: cheaper to read per batch than Enum class attributes.
+# Read for every batch: a module constant costs a fraction of an Enum attribute read.
 _AFTER_PRED: Final = Event.after_pred
 _AFTER_LOSS: Final = Event.after_loss
 _AFTER_BACKWARD: Final = Event.after_backward
 _AFTER_STEP: Final = Event.after_step
 _BATCH: Final = Stage.batch
-
-
-def _batch_bodies(
-    values: dict[str, Any], bus: EventBus, forward: list[nn.Module]
-) -> tuple[Callable[[], None], Callable[[], None], frozenset[CodeType]]:
-    """The bodies of a training and of a validation batch (for ``bus.run_each``), and
-    their code objects (whose frames ``Learner._clear_loop_frames`` empties on failure).
-
-    They run for every batch, so they are closures over the state's field dict
-    (``TrainingState.trusted_values``: no attribute reads on the Learner or on the pydantic
-    model) and over the live handler lists of their events, so an event nobody hears
-    costs a truth test; the forward pass is written out in both rather than shared
-    through a call. After an event is heard they read its fields again: a callback may
-    have replaced them (``self.learn.loss = ...``). A training forward pass goes through
-    ``forward[0]`` when it holds a module (DistributedDataParallel, on many processes).
-    """
-    emit = bus.emit
-    after_pred = bus.live_handlers(_AFTER_PRED)
-    after_loss = bus.live_handlers(_AFTER_LOSS)
-    after_backward = bus.live_handlers(_AFTER_BACKWARD)
-    after_step = bus.live_handlers(_AFTER_STEP)
-
-    def train_batch() -> None:
-        pred = values["pred"] = (forward[0] if forward else values["model"])(*values["xb"])
-        if after_pred:
-            emit(_AFTER_PRED)
-            pred = values["pred"]
-        yb = values["yb"]
-        try:  # one target, as a rule: then the call needs no argument tuple built
-            (target,) = yb
-        except ValueError:
-            loss = values["loss"] = values["loss_func"](pred, *yb)
-        else:
-            loss = values["loss"] = values["loss_func"](pred, target)
-        if after_loss:
-            emit(_AFTER_LOSS)
-            loss = values["loss"]
-        loss.backward()
-        if after_backward:
-            emit(_AFTER_BACKWARD)
-        values["opt"].step()
-        if after_step:
-            emit(_AFTER_STEP)
-        values["opt"].zero_grad()
-
-    def valid_batch() -> None:
-        pred = values["pred"] = values["model"](*values["xb"])
-        if after_pred:
-            emit(_AFTER_PRED)
-            pred = values["pred"]
-        yb = values["yb"]
-        try:
-            (target,) = yb
-        except ValueError:
-            values["loss"] = values["loss_func"](pred, *yb)
-        else:
-            values["loss"] = values["loss_func"](pred, target)
-        if after_loss:
-            emit(_AFTER_LOSS)
-
-    return train_batch, valid_batch, frozenset({train_batch.__code__, valid_batch.__code__})
 
 
 def _accumulator_anchors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -159,10 +97,8 @@ class Learner(StateWriter):
         "_dist",
         "_forward",
         "_functions",
-        "_loop_code",
+        "_heard",
         "_resume",
-        "_train_batch",
-        "_valid_batch",
         "bus",
         "metrics",
         "n_inp",
@@ -222,12 +158,12 @@ class Learner(StateWriter):
         # The module of the training forward pass, when not the model (see fit).
         self._forward: Final[list[nn.Module]] = []
         self._resume: ResumePlan | None = None
-        # Bodies handed to the bus, made once rather than on every batch.
-        self._train_batch, self._valid_batch, body_code = _batch_bodies(
-            self.state.trusted_values, self.bus, self._forward
+        # The handlers of the batch body's events, kept current by the bus: an event
+        # nobody hears is not emitted (a truth test instead of a call).
+        self._heard: Final = tuple(
+            self.bus.live_handlers(event)
+            for event in (_AFTER_PRED, _AFTER_LOSS, _AFTER_BACKWARD, _AFTER_STEP)
         )
-        # The loop's own functions, whose frames hold batch tensors in their locals.
-        self._loop_code: Final = body_code | {Learner._batches.__code__}
         for cb in (TrainEvalCallback(), Recorder(), ProgressCallback(), *(cbs or ())):
             self.add_cb(cb)
 
@@ -446,30 +382,12 @@ class Learner(StateWriter):
                     self.bus.run(Stage.fit, self._all_epochs)
             else:
                 self.bus.run(Stage.fit, self._all_epochs)
-        except BaseException as error:
-            self._clear_loop_frames(error.__traceback__)
-            if error.__cause__ is not None:  # another rank's failure (RankFailedError)
-                self._clear_loop_frames(error.__cause__.__traceback__)
-            raise
         finally:
             self._resume = None
             self.state.drop_batch()
             for cb in reversed(added):
                 if cb in self.state.cbs:
                     self.remove_cb(cb)
-
-    def _clear_loop_frames(self, traceback: TracebackType | None) -> None:
-        """Drop the locals of the loop's frames in ``traceback`` (they have returned).
-
-        They hold the batch, its prediction and its loss (with its graph, when backward
-        did not run), which the traceback would otherwise keep for as long as the
-        exception lives: in a notebook, until the next error.
-        """
-        while traceback is not None:
-            frame = traceback.tb_frame
-            if frame.f_code in self._loop_code:
-                frame.clear()
-            traceback = traceback.tb_next
 
     def fit_one_cycle(
         self,
@@ -627,15 +545,17 @@ class Learner(StateWriter):
                 state.set_trusted("training", False)
                 with torch.no_grad():
                     self._phase(source, Stage.validate, one_batch)
-            except BaseException as error:
-                self._clear_loop_frames(error.__traceback__)
-                raise
             finally:
                 self.bus.remove(gather)
                 gather.set_learner(None)
                 state.drop_batch()
                 for module, mode in zip(model.modules(), modes, strict=True):
                     module.training = mode
+
+    # The loop. No local variable of its frames holds a batch tensor while the batch runs
+    # (the batch lives in the state, which fit empties however it ends), so a traceback
+    # keeps none alive. Per batch it reads and writes the state's field dict (unvalidated,
+    # like set_trusted): a fraction of the cost of attribute access on the pydantic model.
 
     def _all_epochs(self) -> None:
         state, run, one_epoch = self.state, self.bus.run, self._one_epoch
@@ -661,17 +581,8 @@ class Learner(StateWriter):
         self.bus.run(stage, functools.partial(self._all_batches, one_batch))
 
     def _all_batches(self, one_batch: Callable[[], None]) -> None:
-        batches = self._batches()
-        try:
-            self.bus.run_each(_BATCH, batches, one_batch)
-        finally:
-            batches.close()  # its frame holds the last batch, however the phase ended
-        self.state.drop_batch()  # no batch is in flight in after_train / after_validate
-
-    def _batches(self) -> Generator[None, None, None]:
-        """Put each batch of the phase's loader into the state, on the device, then yield."""
-        values, n_inp = self.state.trusted_values, self.n_inp
-        pairs = n_inp == 1
+        """Put each batch of the phase's loader into the state, on the device, and run it."""
+        values, run, n_inp = self.state.trusted_values, self.bus.run, self.n_inp
         move = batch_mover(self._device, values["dl"])
         batch: Sequence[object]  # what a BatchSource yields; untyped sources may yield anything
         batches, first = values["dl"], 0
@@ -679,26 +590,54 @@ class Learner(StateWriter):
             batches, first = self._resume.open(self, batches)
         for i, batch in enumerate(batches, first):
             match batch:
-                case (x, y) if pairs:  # (input, target), split without slicing
-                    values["xb"] = (move(x),)
-                    values["yb"] = (move(y),)
+                case (_, _) if n_inp == 1:  # (input, target), split without slicing
+                    values["xb"], values["yb"] = (move(batch[0]),), (move(batch[1]),)
                 case [*_]:
-                    items = tuple(map(move, batch))
-                    values["xb"] = items[:n_inp]
-                    values["yb"] = items[n_inp:]
+                    values["xb"] = tuple(map(move, batch[:n_inp]))
+                    values["yb"] = tuple(map(move, batch[n_inp:]))
                 case _:
                     raise TypeError(
                         "each batch must be a sequence such as a tuple or list "
                         f"(inputs..., targets...), got {type(batch).__qualname__}"
                     )
+            del batch
             values["iter"] = i
-            # The previous batch's prediction and loss are not this batch's.
-            try:
-                del values["pred"], values["loss"]
-            except KeyError:  # the first batch, or one that ended before its loss
-                values.pop("pred", None)
-                values.pop("loss", None)
-            yield
+            values.pop("pred", None)  # the previous batch's are not this one's
+            values.pop("loss", None)
+            run(_BATCH, one_batch)
+        self.state.drop_batch()  # no batch is in flight in after_train / after_validate
+
+    # The two batch bodies are written out rather than sharing the forward pass through
+    # a call. After an event is heard they read its fields again: a callback may have
+    # replaced them (``self.learn.loss = ...``).
+
+    def _train_batch(self) -> None:
+        values, emit, forward = self.state.trusted_values, self.bus.emit, self._forward
+        pred_heard, loss_heard, backward_heard, step_heard = self._heard
+        # Through forward[0] when it holds a module (DistributedDataParallel).
+        values["pred"] = (forward[0] if forward else values["model"])(*values["xb"])
+        if pred_heard:
+            emit(_AFTER_PRED)
+        values["loss"] = values["loss_func"](values["pred"], *values["yb"])
+        if loss_heard:
+            emit(_AFTER_LOSS)
+        values["loss"].backward()
+        if backward_heard:
+            emit(_AFTER_BACKWARD)
+        values["opt"].step()
+        if step_heard:
+            emit(_AFTER_STEP)
+        values["opt"].zero_grad()
+
+    def _valid_batch(self) -> None:
+        values, emit = self.state.trusted_values, self.bus.emit
+        pred_heard, loss_heard, _, _ = self._heard
+        values["pred"] = values["model"](*values["xb"])
+        if pred_heard:
+            emit(_AFTER_PRED)
+        values["loss"] = values["loss_func"](values["pred"], *values["yb"])
+        if loss_heard:
+            emit(_AFTER_LOSS)
 
     if not TYPE_CHECKING:  # invisible to type checkers, which report these themselves
 

@@ -1,0 +1,267 @@
+"""Instructions per training step of trainbus next to a plain PyTorch loop (callgrind).
+
+Usage::
+
+    python benchmarks/instructions.py            # the table (a few minutes: valgrind is slow)
+    python benchmarks/instructions.py --check    # exit status 1 when the budget is missed
+    python benchmarks/instructions.py --only plain trainbus   # some contenders only
+
+Wall-clock figures on a shared machine swing by tens of percent between runs;
+instruction counts do not. Each contender trains in its own process under
+``valgrind --tool=callgrind --instr-atstart=no``; the process switches instrumentation on
+(``callgrind_control -i on PID``) at the start of its second training epoch and off
+(``-i off``) after its last, once with 2 and once with 6 measured epochs. What the two
+counts share (the switching itself, the first and last steps' extra work) cancels in
+their difference, which divided by the extra steps (4 epochs of 64) is the cost of one
+training step.
+
+Workload (overhead.py's zero-work one): ``nn.Linear(32, 10)``, SGD, 64 batches of one
+row an epoch over ``DataLoader(TensorDataset)``, cross-entropy, no validation,
+``torch.set_num_threads(1)``. What is left is the loop's own cost.
+
+Contenders: the plain loop; ``Learner.fit`` with the default callbacks over the same
+``DataLoader``; ``Learner.fit`` over ``DataLoaders.from_tensors``; and Ignite's
+``create_supervised_trainer`` when ``pytorch-ignite`` is installed (it is not a
+dependency). ``host reads`` counts device-to-host reads per training step, measured
+once outside valgrind (see overhead.py).
+
+The budget (docs/performance.md): trainbus with the default callbacks at most
++30 000 instructions a step over the plain loop, over ``from_tensors`` at most 0.90 of
+the plain loop, and 0 host reads per training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainbus import Callback, DataLoaders, Learner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead import counting_syncs  # noqa: E402  (a sibling script, not a package)
+
+N_BATCHES: Final = 64
+SHORT, LONG = 2, 6  # measured epochs of the two runs
+LR: Final = 0.01
+DEFAULTS_EXCESS_BUDGET: Final = 30_000
+TENSORS_RATIO_BUDGET: Final = 0.90
+
+Train = Callable[[int, Callable[[str], None]], None]
+"""Trains for ``n`` epochs, calling ``toggle("on")`` as the second begins and
+``toggle("off")`` after the last."""
+
+
+def _toggle(state: str) -> None:
+    """Switch callgrind's instrumentation of this process on or off."""
+    subprocess.run(
+        ["callgrind_control", "-i", state, str(os.getpid())],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(N_BATCHES, 32, generator=g), torch.randint(0, 10, (N_BATCHES,), generator=g)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(32, 10)
+
+
+def _loader() -> DataLoader[Any]:
+    return DataLoader(TensorDataset(*_data()), batch_size=1)
+
+
+def plain() -> Train:
+    model, dl = _model(), _loader()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_func = nn.functional.cross_entropy
+
+    def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
+        for epoch in range(n_epoch):
+            if epoch == 1:
+                toggle("on")
+            model.train()
+            for xb, yb in dl:
+                loss = loss_func(model(xb), yb)
+                loss.backward()  # pyright: ignore[reportUnknownMemberType]
+                opt.step()  # pyright: ignore[reportUnknownMemberType]
+                opt.zero_grad()
+        toggle("off")
+
+    return train
+
+
+class _Toggle(Callback):
+    """Switches instrumentation at the epoch boundaries (one hook each, per epoch)."""
+
+    def __init__(self, toggle: Callable[[str], None]) -> None:
+        self.toggle = toggle
+
+    def begin_epoch(self) -> None:
+        if self.epoch == 1:
+            self.toggle("on")
+
+    def after_epoch(self) -> None:
+        if self.epoch == self.n_epoch - 1:
+            self.toggle("off")
+
+
+def _trainbus(dls: DataLoaders) -> Train:
+    learn = Learner(_model(), dls, nn.functional.cross_entropy, lr=LR)
+
+    def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
+        learn.fit(n_epoch, cbs=[_Toggle(toggle)])
+
+    return train
+
+
+def trainbus() -> Train:
+    return _trainbus(DataLoaders(_loader(), None))
+
+
+def trainbus_tensors() -> Train:
+    return _trainbus(DataLoaders.from_tensors(_data(), None, bs=1))
+
+
+def ignite() -> Train:
+    from ignite.engine import (  # pyright: ignore[reportMissingImports]  # optional
+        Events,  # pyright: ignore[reportUnknownVariableType]
+        create_supervised_trainer,  # pyright: ignore[reportUnknownVariableType]
+    )
+
+    model, dl = _model(), _loader()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    engine: Any = create_supervised_trainer(model, opt, nn.functional.cross_entropy)
+
+    def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED(once=2), lambda: toggle("on"))
+        engine.add_event_handler(Events.EPOCH_COMPLETED(once=n_epoch), lambda: toggle("off"))
+        engine.run(dl, max_epochs=n_epoch)
+
+    return train
+
+
+CONTENDERS: Final[dict[str, tuple[str, Callable[[], Train]]]] = {
+    "plain": ("plain PyTorch loop", plain),
+    "trainbus": ("trainbus, default callbacks", trainbus),
+    "tensors": ("trainbus, from_tensors", trainbus_tensors),
+    "ignite": ("Ignite create_supervised_trainer", ignite),
+}
+
+
+def _available(name: str) -> bool:
+    if name != "ignite":
+        return True
+    try:
+        import ignite.engine  # noqa: F401  # pyright: ignore[reportMissingImports, reportUnusedImport]
+    except ImportError:
+        return False
+    return True
+
+
+def worker(name: str, measured: int) -> None:
+    """Run in a process under callgrind: one warm-up epoch, then ``measured`` epochs."""
+    torch.set_num_threads(1)
+    train = CONTENDERS[name][1]()
+    train(1 + measured, _toggle)
+
+
+def instructions(name: str, measured: int, directory: Path) -> int:
+    """Instructions counted while instrumentation was on, in a run of ``measured`` epochs."""
+    out = directory / f"{name}-{measured}.out"
+    command = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, __file__, "--worker", name, "--epochs", str(measured),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for line in out.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
+def measure(name: str, directory: Path) -> float:
+    """Instructions per training step of contender ``name`` (two runs under callgrind)."""
+    short, long = (instructions(name, m, directory) for m in (SHORT, LONG))
+    return (long - short) / ((LONG - SHORT) * N_BATCHES)
+
+
+def host_reads(name: str) -> float:
+    """Device-to-host reads per training step, measured over one epoch after a warm-up."""
+    torch.set_num_threads(1)
+    train = CONTENDERS[name][1]()
+    train(1, lambda _: None)
+    with counting_syncs() as count:
+        train(1, lambda _: None)
+    return count[0] / N_BATCHES
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), help="contenders")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the budget is missed")
+    parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=SHORT, help=argparse.SUPPRESS)
+    parser.add_argument("--per-step", choices=sorted(CONTENDERS), help="print one figure")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.epochs)
+        return 0
+    if args.per_step:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"{measure(args.per_step, Path(tmp)):.0f}")
+        return 0
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind (with callgrind_control) is needed: apt-get install valgrind")
+        return 2
+    names = [n for n in (args.only or CONTENDERS) if _available(n)]
+    if "plain" not in names:
+        names.insert(0, "plain")
+    per_step: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            per_step[name] = measure(name, Path(tmp))
+    base = per_step["plain"]
+    print(f"instructions per training step ({LONG} - {SHORT} epochs of {N_BATCHES} steps)")
+    print(f"{'contender':<34} {'instr/step':>11} {'excess':>10} {'ratio':>7} {'host reads':>11}")
+    reads: dict[str, float] = {}
+    for name in names:
+        reads[name] = host_reads(name)
+        value = per_step[name]
+        print(
+            f"{CONTENDERS[name][0]:<34} {value:>11,.0f} {value - base:>+10,.0f} "
+            f"{value / base:>7.3f} {reads[name]:>11.2f}"
+        )
+    missed: list[str] = []
+    if "trainbus" in per_step and per_step["trainbus"] - base > DEFAULTS_EXCESS_BUDGET:
+        missed.append(f"default callbacks exceed the plain loop by > {DEFAULTS_EXCESS_BUDGET}")
+    if "tensors" in per_step and per_step["tensors"] / base > TENSORS_RATIO_BUDGET:
+        missed.append(f"from_tensors is above {TENSORS_RATIO_BUDGET} of the plain loop")
+    # A torch DataLoader reads one value (its seed) per epoch: more than the plain loop's
+    # reads is what counts.
+    missed += [
+        f"{n}: more host reads per step than the plain loop"
+        for n in ("trainbus", "tensors")
+        if reads.get(n, 0.0) > reads["plain"]
+    ]
+    for line in missed:
+        print(f"budget missed: {line}")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
