@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainbus import Callback, DataLoaders, Learner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import counting_syncs  # noqa: E402  (a sibling script, not a package)
+from overhead import counting_syncs  # a sibling script, not a package
 
 N_BATCHES: Final = 64
 SHORT, LONG = 2, 6  # measured epochs of the two runs
@@ -77,7 +77,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # pyright: ignore[reportUnknownMemberType]
     return nn.Linear(32, 10)
 
 
