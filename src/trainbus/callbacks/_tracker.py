@@ -13,6 +13,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checkpoint import unwrap_model
 from .._checks import checked_float, checked_int
 from .._files import atomic_save
 from .._hooks import SubscriberClasses
@@ -136,7 +137,9 @@ class SaveModelCallback(TrackerCallback):
     best epoch's file is loaded back into the model (and optimizer). Files are written
     atomically: to a temporary file in the same folder, flushed and fsynced, then renamed
     over the target, so a crash while saving leaves the previous file intact and no
-    temporary file behind.
+    temporary file behind. The weights are those of the module inside ``torch.compile``
+    or data-parallel wrappers, so a file saved from a compiled model loads into the plain
+    one (no ``_orig_mod.`` prefix).
 
     Args:
         monitor: As for :class:`TrackerCallback`.
@@ -222,7 +225,9 @@ class SaveModelCallback(TrackerCallback):
             self._load(best)
 
     def _save(self, target: Path) -> None:
-        model_state = self.model.state_dict()
+        # The user's module inside torch.compile / data-parallel wrappers: the file's keys
+        # have no `_orig_mod.` or `module.` prefix and load into the plain model.
+        model_state = unwrap_model(self.model).state_dict()
         state: object = model_state
         if self.with_opt:
             state = {"model": model_state, "opt": self.opt.state_dict()}
@@ -230,11 +235,12 @@ class SaveModelCallback(TrackerCallback):
 
     def _load(self, source: Path) -> None:
         state: dict[str, Any] = torch.load(source, map_location="cpu", weights_only=True)
+        model = unwrap_model(self.model)
         if self.with_opt:
-            self.model.load_state_dict(state["model"])
+            model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
         else:
-            self.model.load_state_dict(state)
+            model.load_state_dict(state)
 
 
 class ReduceLROnPlateau(TrackerCallback):
