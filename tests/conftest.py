@@ -7,6 +7,7 @@ without function-scoped fixtures.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Final
 
@@ -73,6 +74,31 @@ def tiny_learner(
         lr=lr,
         cbs=list(cbs),
     )
+
+
+def live_tensors() -> list[torch.Tensor]:
+    """Every tensor object alive in this process that owns memory, after a collection.
+
+    Fake tensors (left alive by ``torch.compile``'s tracing in this process) own none.
+    """
+    gc.collect()
+    # type(), not isinstance(): some torch objects warn when their __class__ is read.
+    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
+    return [t for t in tensors if not _is_fake(t)]
+
+
+def _is_fake(tensor: torch.Tensor) -> bool:
+    try:
+        tensor.untyped_storage().data_ptr()
+    except RuntimeError:  # "Cannot access data pointer of Tensor (e.g. FakeTensor, ...)"
+        return True
+    return False
+
+
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 class TraceCallback(Callback):

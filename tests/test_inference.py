@@ -7,7 +7,6 @@ trackers, loggers, schedules) left as they were.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from conftest import TraceCallback, TraceEntry, tiny_learner
+from conftest import TraceCallback, TraceEntry, live_tensors, storage_bytes, tiny_learner
 from trainbus import Callback, CancelBatchException, DataLoaders, Event, Learner, Preds
 from trainbus.callbacks import (
     CSVLogger,
@@ -321,11 +320,7 @@ def test_cancelled_batches_are_left_out() -> None:
 
 
 def live_bytes() -> int:
-    gc.collect()
-    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
-    return sum(
-        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values()
-    )
+    return storage_bytes(live_tensors())
 
 
 class Census(TraceCallback):

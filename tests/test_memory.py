@@ -12,22 +12,10 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from conftest import live_tensors, storage_bytes
 from trainbus import Callback, CancelFitException, DataLoaders, Learner
 from trainbus.callbacks import ProgressCallback, Recorder
 from trainbus.metrics import accuracy
-
-
-def live_tensors() -> list[torch.Tensor]:
-    """Every tensor object alive in this process, after a collection."""
-    gc.collect()
-    # type(), not isinstance(): some torch objects warn when their __class__ is read.
-    return [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
-
-
-def storage_bytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors``."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
 
 
 def classifier(
