@@ -84,6 +84,11 @@ class ShardedTensorBatches:
         self.epoch_of: Final = epoch_of
 
     @property
+    def generator(self) -> torch.Generator | None:
+        """The generator the order is drawn from (``source``'s; a resumed fit restores it)."""
+        return self.source.generator
+
+    @property
     def n_samples(self) -> int:
         """Samples in this rank's shard."""
         n = self.source.tensors[0].shape[0]
