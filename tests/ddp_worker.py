@@ -8,6 +8,7 @@ to ``OUT_DIR/rank<R>.pt``. Not collected by pytest (no ``test_`` prefix).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +22,7 @@ from typing_extensions import override
 
 from trainbus import Callback, DataLoaders, Learner
 from trainbus.callbacks import (
+    Checkpoint,
     CSVLogger,
     EarlyStoppingCallback,
     GradientAccumulation,
@@ -148,7 +150,31 @@ def fail(out: Path, rank: int) -> dict[str, Any]:
     return result
 
 
-SCENARIOS: Final = {"train": train, "fail": fail}
+class KillAt(Callback):
+    """Kills this process (SIGKILL: no clean-up) at training batch ``at`` of ``epoch``."""
+
+    def __init__(self, epoch: int, at: int) -> None:
+        self.at_epoch, self.at = epoch, at
+
+    @override
+    def begin_batch(self) -> None:
+        if self.training and self.epoch == self.at_epoch and self.iter == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resume(out: Path, rank: int) -> dict[str, Any]:
+    """Phase ``full``, ``kill`` (at epoch 1, batch 2) or ``resume`` of a 3-epoch fit."""
+    phase = os.environ["PHASE"]
+    folder = out / ("full" if phase == "full" else "ckpt")
+    cbs: list[Callback] = [Checkpoint(folder, every_epoch=True)]
+    if phase == "kill":
+        cbs.append(KillAt(epoch=1, at=2))
+    learn = learner(16, cbs=cbs)
+    learn.fit(3, resume="latest" if phase == "resume" else None)
+    return {"weights": weights(learn.model), "values": learn.recorder.values}
+
+
+SCENARIOS: Final = {"train": train, "fail": fail, "resume": resume}
 
 
 def main() -> None:

@@ -43,9 +43,13 @@ def free_port() -> int:
         return port
 
 
-def launch(scenario: str, out: Path, world_size: int = 2) -> list[dict[str, Any]]:
-    """Run ``scenario`` on ``world_size`` processes; each rank's result, by rank."""
+def launch(
+    scenario: str, out: Path, world_size: int = 2, *, phase: str = "", killed: bool = False
+) -> list[dict[str, Any]]:
+    """Run ``scenario`` on ``world_size`` processes; each rank's result, by rank (none
+    when ``killed``: then every process must have ended with an error)."""
     env = {
+        "PHASE": phase,
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
@@ -58,7 +62,7 @@ def launch(scenario: str, out: Path, world_size: int = 2) -> list[dict[str, Any]
             subprocess.Popen(
                 [sys.executable, str(WORKER), scenario, str(out)],
                 env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                stdout=files.enter_context(open(out / f"out{rank}.txt", "w")),
+                stdout=files.enter_context(open(out / f"out{phase}{rank}.txt", "w")),
                 stderr=subprocess.STDOUT,
             )
             for rank in range(world_size)
@@ -70,7 +74,10 @@ def launch(scenario: str, out: Path, world_size: int = 2) -> list[dict[str, Any]
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    logs = [(out / f"out{rank}.txt").read_text() for rank in range(world_size)]
+    logs = [(out / f"out{phase}{rank}.txt").read_text() for rank in range(world_size)]
+    if killed:
+        assert all(code != 0 for code in codes), "\n\n".join(logs)
+        return []
     assert codes == [0] * world_size, "\n\n".join(logs)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
 
@@ -200,6 +207,21 @@ def test_torchrun_runs_the_demo_with_one_table(tmp_path: Path) -> None:
     assert [line.split()[0] for line in lines if line.startswith("epoch")] == ["epoch"]
     assert len([line for line in lines if line.startswith("valid accuracy: ")]) == 1
     assert len([line for line in lines if line[:1].isdigit()]) == 2  # one row per epoch
+
+
+@pytest.mark.slow
+def test_resume_under_two_ranks_after_a_kill_matches_the_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    full = launch("resume", tmp_path, phase="full")
+    launch("resume", tmp_path, phase="kill", killed=True)  # both killed in epoch 1
+    assert (tmp_path / "ckpt" / "epoch-0000.pt").is_file()  # written by rank 0
+    resumed = launch("resume", tmp_path, phase="resume")
+    for rank in range(2):
+        for key, value in full[rank]["weights"].items():
+            assert torch.equal(resumed[rank]["weights"][key], value), (rank, key)
+        assert resumed[rank]["values"] == full[rank]["values"]
+    assert resumed[0]["values"] == resumed[1]["values"]
 
 
 # ------------------------------------------------------------- in one process

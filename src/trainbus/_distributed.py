@@ -12,8 +12,8 @@ import datetime
 import math
 import os
 import time
-from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, cast, final
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, final
 
 import torch
 import torch.distributed as dist
@@ -28,9 +28,12 @@ __all__ = [
     "Distributed",
     "RankFailedError",
     "detect",
+    "from_rank_zero",
     "is_rank_zero",
     "reduced_row",
 ]
+
+T = TypeVar("T")
 
 ENV_TIMEOUT: Final = "TRAINBUS_DIST_TIMEOUT"
 """Seconds a collective may wait, for a group the Learner initialises (torch's default
@@ -61,6 +64,32 @@ class _Store(Protocol):
     def set(self, key: str, value: str) -> None: ...
     def get(self, key: str) -> bytes: ...
     def check(self, keys: list[str]) -> bool: ...
+
+
+def from_rank_zero(compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0, broadcast to every rank (just ``compute()`` on one process).
+
+    For a decision all ranks must share, such as which checkpoint to resume from. Every
+    rank must call it. When ``compute`` raises on rank 0, rank 0 raises that error and
+    the others a :class:`RankFailedError` naming it.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return compute()
+    box: list[object] = [None]
+    failure: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, compute())
+        except Exception as error:
+            failure = error
+            box[0] = (False, f"{type(error).__name__}: {error}")
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    ok, value = cast("tuple[bool, Any]", box[0])
+    if not ok:
+        raise RankFailedError(f"rank 0 of {dist.get_world_size()} failed: {value}", 0)
+    return cast("T", value)
 
 
 def is_rank_zero() -> bool:

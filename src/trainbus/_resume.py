@@ -38,6 +38,7 @@ from ._checkpoint import (
     read_checkpoint,
     unwrap_model,
 )
+from ._distributed import from_rank_zero
 from ._state import FieldName, StateKey
 
 if TYPE_CHECKING:
@@ -270,7 +271,8 @@ class ResumePlan:
                     "resume='latest' needs a trainbus.callbacks.Checkpoint callback (the "
                     "latest checkpoint is in its dir); pass a checkpoint path otherwise"
                 )
-            latest = writers[0].latest
+            # Rank 0 (which writes them) names it for all: every rank loads the same file.
+            latest = from_rank_zero(lambda: writers[0].latest)
             if latest is None:
                 return None
             resume = latest
