@@ -465,3 +465,14 @@ def test_which_library_callbacks_act_in_auxiliary_runs() -> None:
     ]
     assert [cls.run_in_auxiliary for cls in quiet] == [False] * 6
     assert [cls.run_in_auxiliary for cls in active] == [True] * 5
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_mixed_precision_acts_in_a_run_before_any_fit(device: str) -> None:
+    from trainbus.callbacks import MixedPrecision
+
+    learn = classifier(cbs=[MixedPrecision(torch.bfloat16)], device=device)
+    out = learn.predict(torch.randn(3, 2))
+    assert out.dtype == torch.bfloat16  # the forward pass ran under the device's autocast
+    assert learn.get_preds().preds.dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled(device)  # and left no autocast behind

@@ -81,6 +81,19 @@ class MixedPrecision(Callback):
 
     @override
     def begin_fit(self) -> None:
+        device = self._resolve_device()
+        if self.scaler is None and self.dtype == torch.float16:
+            self.scaler = torch.amp.GradScaler(device)
+        self.skipped_steps = 0
+
+    @override
+    def begin_validate(self) -> None:
+        # Also the start of learn.validate(), get_preds() and predict(), which have no
+        # begin_fit: autocast for the device the model is on now.
+        self._resolve_device()
+
+    def _resolve_device(self) -> str:
+        """The autocast device type: ``device_type``, or that of the model's parameters."""
         model_device = _device_type_of(self.model)
         device = self.device_type if self.device_type is not None else model_device
         if model_device is not None and device != model_device:
@@ -91,9 +104,7 @@ class MixedPrecision(Callback):
         device = device or "cpu"
         _check_device_type(device, self.dtype)
         self._active_device = device
-        if self.scaler is None and self.dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(device)
-        self.skipped_steps = 0
+        return device
 
     @override
     def state_dict(self) -> dict[str, Any]:
