@@ -7,6 +7,7 @@ to ``OUT_DIR/rank<R>.pt``. Not collected by pytest (no ``test_`` prefix).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from trainbus.callbacks import (
     GradientAccumulation,
     ProgressCallback,
     SaveModelCallback,
+    TerminateOnNaNCallback,
 )
 from trainbus.metrics import accuracy
 
@@ -118,6 +120,11 @@ def train(out: Path, rank: int) -> dict[str, Any]:
     result["acc_weights"] = weights(accumulating.model)
     result["acc_allreduces"] = calls[0]
 
+    # A NaN loss on rank 1 only: both ranks stop after the same batch (no hang).
+    nan_learn = learner(16, cbs=[TerminateOnNaNCallback(), NanLossAt(rank=1, at=1)])
+    nan_learn.fit(2)
+    result["nan_stopped_at"] = (nan_learn.epoch, nan_learn.iter, nan_learn.train_iter)
+
     # A torch DataLoader: re-made on a DistributedSampler (train), an unpadded shard (valid).
     (xt, yt), (xv, yv) = data()
     train_dl = DataLoader(TensorDataset(xt, yt), batch_size=16, shuffle=True)
@@ -148,6 +155,19 @@ def fail(out: Path, rank: int) -> dict[str, Any]:
         result["failed_rank"] = getattr(error, "rank", None)
     result["group_left"] = dist.is_initialized()
     return result
+
+
+class NanLossAt(Callback):
+    """Makes the loss NaN on ``rank`` at training batch ``at`` of epoch 0."""
+
+    def __init__(self, rank: int, at: int) -> None:
+        self.rank, self.at = rank, at
+
+    @override
+    def after_loss(self) -> None:
+        mine = self.learn.rank == self.rank and self.training
+        if mine and self.epoch == 0 and self.iter == self.at:
+            self.learn.loss = self.loss * math.nan
 
 
 class KillAt(Callback):

@@ -153,6 +153,14 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch(
 
 
 @pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_after_the_same_batch(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (r0, r1) = trained
+    assert r0["nan_stopped_at"] == r1["nan_stopped_at"] == (0, 1, 2)  # epoch, iter, train_iter
+
+
+@pytest.mark.slow
 def test_gradient_accumulation_all_reduces_once_per_step(
     trained: tuple[Path, list[dict[str, Any]]],
 ) -> None:

@@ -284,7 +284,12 @@ class Learner(StateWriter):
                 "lr_find, validate, get_preds and predict cannot run while a fit or another "
                 "of them is running: call it after fit returns, not from a callback"
             )
-        restore = self.bus.suspend(cb for cb in self.state.cbs if not cb.run_in_auxiliary)
+        other_rank = self._dist.rank != 0  # rank-zero-only callbacks sit out there too
+        restore = self.bus.suspend(
+            cb
+            for cb in self.state.cbs
+            if not cb.run_in_auxiliary or (other_rank and cb.rank_zero_only)
+        )
         self._sync_cbs()
         try:
             with self.state.counters_kept():
