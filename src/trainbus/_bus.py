@@ -289,8 +289,9 @@ class EventBus:
     def run_each(self, stage: Stage, items: Iterable[object], body: Callable[[], object]) -> None:
         """Run ``stage`` (see :meth:`run`) once for each item ``items`` yields.
 
-        The same as ``for _ in items: bus.run(stage, body)``, for a loop whose ``items``
-        is a generator that puts the next batch into the state and yields.
+        The same as ``for _ in items: bus.run(stage, body)``, without a call of ``run``
+        per item: the per-batch path of a loop, where ``items`` is a generator that puts
+        the next batch into the state and yields.
         """
         if not self._active:
             self._run_outermost(stage, items, body)

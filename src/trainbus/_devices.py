@@ -127,4 +127,9 @@ def batch_mover(device: torch.device, loader: object) -> Callable[[object], obje
             return value
         return to_device(value, device, non_blocking=non_blocking)
 
-    return move
+    def move_to_cpu(value: object) -> object:  # is_cpu: no device object made per batch
+        if isinstance(value, torch.Tensor) and value.is_cpu:
+            return value
+        return to_device(value, device, non_blocking=False)
+
+    return move_to_cpu if device.type == "cpu" else move

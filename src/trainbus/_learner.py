@@ -586,8 +586,18 @@ class Learner(StateWriter):
         self.bus.run(stage, functools.partial(self._all_batches, one_batch))
 
     def _all_batches(self, one_batch: Callable[[], None]) -> None:
-        """Put each batch of the phase's loader into the state, on the device, and run it."""
-        values, run, n_inp = self.state.trusted_values, self.bus.run, self.n_inp
+        # One run_each over a generator rather than one run per batch: 2 400 instructions
+        # a step less (docs/performance.md).
+        batches = self._batches()
+        try:
+            self.bus.run_each(_BATCH, batches, one_batch)
+        finally:
+            batches.close()
+        self.state.drop_batch()  # no batch is in flight in after_train / after_validate
+
+    def _batches(self) -> Generator[None, None, None]:
+        """Put each batch of the phase's loader into the state, on the device, then yield."""
+        values, n_inp = self.state.trusted_values, self.n_inp
         move = batch_mover(self._device, values["dl"])
         batch: Sequence[object]  # what a BatchSource yields; untyped sources may yield anything
         batches, first = values["dl"], 0
@@ -609,8 +619,7 @@ class Learner(StateWriter):
             values["iter"] = i
             values.pop("pred", None)  # the previous batch's are not this one's
             values.pop("loss", None)
-            run(_BATCH, one_batch)
-        self.state.drop_batch()  # no batch is in flight in after_train / after_validate
+            yield
 
     # The two batch bodies are written out rather than sharing the forward pass through
     # a call. After an event is heard they read its fields again: a callback may have
