@@ -27,6 +27,8 @@ from trainbus.callbacks import (
     CSVLogger,
     EarlyStoppingCallback,
     GradientAccumulation,
+    GradientClip,
+    MixedPrecision,
     ProgressCallback,
     SaveModelCallback,
     TerminateOnNaNCallback,
@@ -119,6 +121,15 @@ def train(out: Path, rank: int) -> dict[str, Any]:
     accumulating.fit(2, cbs=[GradientAccumulation(n_acc=32)])
     result["acc_weights"] = weights(accumulating.model)
     result["acc_allreduces"] = calls[0]
+
+    # Clipping clips the averaged gradient; mixed precision runs under DDP.
+    clipped = learner(16, cbs=[GradientClip(max_norm=0.05)])
+    clipped.fit(1)
+    result["clip_weights"] = weights(clipped.model)
+    mixed = learner(16, cbs=[MixedPrecision(torch.bfloat16)])
+    mixed.fit(1)
+    result["amp_weights"] = weights(mixed.model)
+    result["amp_values"] = mixed.recorder.values
 
     # A NaN loss on rank 1 only: both ranks stop after the same batch (no hang).
     nan_learn = learner(16, cbs=[TerminateOnNaNCallback(), NanLossAt(rank=1, at=1)])

@@ -27,6 +27,7 @@ from trainbus.callbacks import (
     CSVLogger,
     EarlyStoppingCallback,
     GradientAccumulation,
+    GradientClip,
     ProgressCallback,
     SaveModelCallback,
     TrainEvalCallback,
@@ -150,6 +151,20 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch(
     stopper = EarlyStoppingCallback("valid_loss", patience=1, min_delta=0.05)
     reference.fit(12, cbs=[stopper])
     assert stopper.stopped_epoch == r0["stopped_epoch"]
+
+
+@pytest.mark.slow
+def test_clipping_and_mixed_precision_under_ddp(
+    trained: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, (r0, r1) = trained
+    reference = learner(32, cbs=[GradientClip(max_norm=0.05)])
+    reference.fit(1)  # clipping the averaged gradient is clipping the batch of 32's
+    assert_weights_close(r0["clip_weights"], weights(reference.model))
+    assert_weights_close(r1["clip_weights"], weights(reference.model))
+    for key, value in r0["amp_weights"].items():
+        assert torch.equal(r1["amp_weights"][key], value) and bool(value.isfinite().all())
+    assert r0["amp_values"] == r1["amp_values"]
 
 
 @pytest.mark.slow
