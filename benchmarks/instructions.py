@@ -10,7 +10,8 @@ Wall-clock figures on a shared machine swing by tens of percent between runs;
 instruction counts do not. Each contender trains in its own process under
 ``valgrind --tool=callgrind --instr-atstart=no``; the process switches instrumentation on
 (``callgrind_control -i on PID``) at the start of its second training epoch and off
-(``-i off``) after its last, once with 2 and once with 6 measured epochs. What the two
+(``-i off``) after its last, once with 2 and once with 6 measured epochs (``PYTHONHASHSEED=0``,
+so that dict layouts do not vary). What the two
 counts share (the switching itself, the first and last steps' extra work) cancels in
 their difference, which divided by the extra steps (4 epochs of 64) is the cost of one
 training step.
@@ -187,7 +188,11 @@ def instructions(name: str, measured: int, directory: Path) -> int:
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--worker", name, "--epochs", str(measured),
     ]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A fixed hash seed: dict and set layouts, and so the instructions, do not vary.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     for line in out.read_text().splitlines():
         if line.startswith("totals:"):
             return int(line.split()[1])
