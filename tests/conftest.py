@@ -8,9 +8,10 @@ without function-scoped fixtures.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
+import pytest
 import torch
 from torch import nn
 from typing_extensions import override
@@ -99,6 +100,17 @@ def storage_bytes(tensors: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors``."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread and the global RNG restored after: every fit of a test does the
+    same arithmetic (as the resume tests' subprocesses, which run with one thread)."""
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
 
 
 class TraceCallback(Callback):

@@ -6,10 +6,10 @@ checkpoint, ends bit for bit as the fit run without interruption.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -39,14 +39,7 @@ class Crash(Callback):
             raise RuntimeError("crash")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread and a restored global RNG: the same arithmetic in every fit."""
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(rng)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def crash_then_resume(kind: Kind, folder: Path, *crashes: Crash) -> Learner:
@@ -166,13 +159,11 @@ def test_a_failed_checkpoint_write_leaves_the_last_one_and_latest(
     learn = make_learner("tensors")
     learn.fit(1, cbs=[Checkpoint(tmp_path, every_n_steps=5)])  # steps 5, 10, then epoch 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real_save = torch.save
 
-    def full_disk(obj: object, file: Any) -> None:
-        real_save(obj, file)
+    def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the writer's first fsync fails
     with pytest.raises(OSError, match=r"could not write checkpoint .*step-00000005\.pt") as info:
         make_learner("tensors").fit(1, cbs=[Checkpoint(tmp_path, every_n_steps=5)])
     assert info.value.errno == 28

@@ -19,7 +19,8 @@ from resume_driver import Kind, assert_identical, reference
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
 
-pytestmark = pytest.mark.slow  # a few subprocesses each
+# A few subprocesses each; one thread here too, as in the driver: the same arithmetic.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def run_until_done(kind: Kind, folder: Path, *kills: str) -> list[int]:
@@ -40,11 +41,6 @@ def check(kind: Kind, folder: Path) -> None:
     assert_identical(reference(kind), results)
     names = sorted(p.name for p in (folder / "ckpt").iterdir() if not p.name.startswith("killed"))
     assert len(names) == 3 and "latest" in names  # keep_last=2 checkpoints, and the pointer
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)  # as the driver: the same arithmetic
 
 
 def test_killed_mid_epoch(tmp_path: Path) -> None:

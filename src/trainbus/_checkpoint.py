@@ -14,15 +14,16 @@ Everything is checked before anything is changed, and every error names the file
 from __future__ import annotations
 
 import errno
+import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import torch
 from torch import nn
 
-from ._files import atomic_save
+from ._files import atomic_save, atomic_write
 
 if TYPE_CHECKING:
     from ._learner import Learner
@@ -34,12 +35,18 @@ __all__ = [
     "PathLike",
     "check_model",
     "check_optimizer",
+    "checkpoint_dict",
+    "cpu_copy",
     "load_checkpoint",
     "load_weights",
     "optimizer_type",
+    "pack_floats",
     "read_checkpoint",
     "save_checkpoint",
+    "serialized",
+    "unpack_floats",
     "unwrap_model",
+    "write_checkpoint",
 ]
 
 FORMAT_KEY: Final = "trainbus_checkpoint"
@@ -86,11 +93,39 @@ def optimizer_type(opt: torch.optim.Optimizer) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def save_checkpoint(
-    learn: Learner, path: PathLike, *, with_opt: bool, train: dict[str, Any] | None = None
-) -> Path:
-    """Write ``learn``'s model (and optimizer, and ``train``) to ``path``, atomically."""
-    target = Path(path)
+def pack_floats(values: Sequence[object]) -> torch.Tensor | list[object]:
+    """A list of Python floats as one float64 tensor: exact, and one object to save
+    rather than one per value (their number grows with the fit). Other lists unchanged."""
+    if all(type(value) is float for value in values):
+        return torch.tensor(values, dtype=torch.float64)
+    return list(values)
+
+
+def unpack_floats(packed: torch.Tensor | list[Any]) -> list[Any]:
+    """The list :func:`pack_floats` packed."""
+    if isinstance(packed, torch.Tensor):
+        return cast("list[object]", packed.tolist())  # pyright: ignore[reportUnknownMemberType]
+    return list(packed)
+
+
+def cpu_copy(value: object) -> object:
+    """A deep copy with every tensor copied to the CPU (restored bit for bit later)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        mapping = cast("dict[object, object]", value)
+        return {k: cpu_copy(v) for k, v in mapping.items()}
+    if isinstance(value, list | tuple):
+        items = cast("list[object] | tuple[object, ...]", value)
+        return type(items)(cpu_copy(v) for v in items)
+    return value
+
+
+def checkpoint_dict(
+    learn: Learner, *, with_opt: bool, train: dict[str, Any] | None = None, copy: bool = False
+) -> dict[str, Any]:
+    """What a checkpoint of ``learn`` holds now; with ``copy``, on the CPU and detached from
+    the live tensors (one copy of the state), so it can be written while training goes on."""
     ckpt: dict[str, Any] = {
         FORMAT_KEY: FORMAT_VERSION,
         "model": unwrap_model(learn.model).state_dict(),
@@ -100,9 +135,29 @@ def save_checkpoint(
         ckpt["opt_type"] = optimizer_type(learn.opt)
     if train is not None:
         ckpt["train"] = train
+    return cast("dict[str, Any]", cpu_copy(ckpt)) if copy else ckpt
+
+
+def serialized(ckpt: dict[str, Any]) -> bytes:
+    """``ckpt`` as the bytes of its file: one copy of the state, taken now."""
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(ckpt: dict[str, Any] | bytes, path: PathLike) -> Path:
+    """Write ``ckpt`` (or its :func:`serialized` bytes) to ``path`` atomically.
+
+    Raises:
+        OSError: The write failed (naming the file); what was there is left as it was.
+    """
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_save(ckpt, target)
+        if isinstance(ckpt, bytes):
+            atomic_write(target, lambda file: file.write(ckpt))
+        else:
+            atomic_save(ckpt, target)
     except OSError as error:
         raise OSError(
             error.errno,
@@ -110,6 +165,11 @@ def save_checkpoint(
             "already there are left as they were",
         ) from error
     return target
+
+
+def save_checkpoint(learn: Learner, path: PathLike, *, with_opt: bool) -> Path:
+    """``learn.save``: write ``learn``'s model (and optimizer) to ``path``, atomically."""
+    return write_checkpoint(checkpoint_dict(learn, with_opt=with_opt), path)
 
 
 def read_checkpoint(path: PathLike) -> dict[str, Any]:

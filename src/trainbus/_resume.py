@@ -69,26 +69,44 @@ PHASE_START: Final = StateKey("trainbus.phase_start", PhaseStart)
 
 
 def rng_state() -> dict[str, Any]:
-    """The global random states: Python, torch CPU, CUDA (if initialised), NumPy (if imported)."""
+    """The global random states: Python, torch CPU, CUDA (if initialised), NumPy (if imported).
+
+    As the generators give them (cheap: taken at every phase start); :func:`portable_rng`
+    converts them for a checkpoint file.
+    """
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if "numpy" in sys.modules:
         numpy: Any = importlib.import_module("numpy")
-        legacy = numpy.random.get_state(legacy=False)
-        state["numpy"] = {
-            "bit_generator": str(legacy["bit_generator"]),
-            "key": torch.as_tensor(legacy["state"]["key"].astype(numpy.int64)),
-            "pos": int(legacy["state"]["pos"]),
-            "has_gauss": int(legacy["has_gauss"]),
-            "gauss": float(legacy["gauss"]),
-        }
+        state["numpy"] = numpy.random.get_state(legacy=False)
     return state
 
 
+def portable_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (of :func:`rng_state`) as tensors, numbers and strings, which
+    ``torch.load(weights_only=True)`` reads back; converted states are left as they are."""
+    portable = dict(state)
+    version, words, gauss = state["python"]
+    if not isinstance(words, torch.Tensor):  # one object to save, not 625
+        portable["python"] = (version, torch.tensor(words, dtype=torch.int64), gauss)
+    raw = state.get("numpy")
+    if raw is not None and "state" in raw:
+        numpy: Any = importlib.import_module("numpy")
+        portable["numpy"] = {
+            "bit_generator": str(raw["bit_generator"]),
+            "key": torch.as_tensor(raw["state"]["key"].astype(numpy.int64)),
+            "pos": int(raw["state"]["pos"]),
+            "has_gauss": int(raw["has_gauss"]),
+            "gauss": float(raw["gauss"]),
+        }
+    return portable
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` returned."""
-    random.setstate(state["python"])
+    """Put back what :func:`portable_rng` returned."""
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words.tolist()), gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -207,7 +225,7 @@ def training_state(learn: Learner, phase: Phase) -> dict[str, Any]:
         if PHASE_START not in extras:
             raise RuntimeError("a checkpoint inside a phase needs the phase's start (PHASE_START)")
         start = extras[PHASE_START]
-        data["phase_start"] = {"rng": start.rng, "generators": start.generators}
+        data["phase_start"] = {"rng": portable_rng(start.rng), "generators": start.generators}
     model = unwrap_model(learn.model)
     return {
         "loop": {
@@ -221,7 +239,7 @@ def training_state(learn: Learner, phase: Phase) -> dict[str, Any]:
         },
         "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
         "callbacks": {key: cb.state_dict() for key, cb in _keyed(learn).items()},
-        "rng": rng_state(),
+        "rng": portable_rng(rng_state()),
         "data": data,
     }
 

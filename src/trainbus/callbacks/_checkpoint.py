@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -12,9 +13,9 @@ from typing import Any, ClassVar, Final
 from typing_extensions import override
 
 from .._callback import Callback
-from .._checkpoint import CheckpointError, save_checkpoint
+from .._checkpoint import CheckpointError, checkpoint_dict, serialized, write_checkpoint
 from .._checks import checked_int
-from .._files import atomic_write, is_temporary
+from .._files import BackgroundWriter, atomic_write, is_temporary
 from .._hooks import SubscriberClasses
 from .._resume import PHASE_START, Phase, phase_start, training_state
 from ._core import Recorder, TrainEvalCallback
@@ -88,6 +89,7 @@ class Checkpoint(Callback):
         self._fields: dict[str, Any] = {}
         self._signal: int | None = None
         self._previous: dict[int, _SignalHandler] = {}
+        self._writer = BackgroundWriter()
 
     @property
     def latest(self) -> Path | None:
@@ -146,12 +148,14 @@ class Checkpoint(Callback):
 
     @override
     def after_fit(self) -> None:
+        self._writer.wait()  # the fit ends with its checkpoints on disk (or their error)
         if self._signal is not None:  # came after the last boundary: nothing left to save
             self._redeliver(resume_watching=False)
 
     @override
     def teardown(self) -> None:
         self._uninstall()
+        self._writer.close()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -170,21 +174,27 @@ class Checkpoint(Callback):
         return f"epoch-{values['epoch']:04d}.pt"
 
     def _save(self, phase: Phase) -> None:
+        """Serialize the state now (one copy of it); write it on the writer thread meanwhile."""
+        self._writer.wait()  # one write at a time; a failed one is raised here
         name = self._file_name(phase)
         previous = self.written
         kept = [*(n for n in previous if n != name), name][-self.keep_last :]
         self.written = kept  # the file records the list it belongs to
         try:
-            save_checkpoint(
-                self.learn, self.dir / name, with_opt=True, train=training_state(self.learn, phase)
-            )
-            atomic_write(self.dir / _LATEST, lambda file: file.write(name.encode()))
+            train = training_state(self.learn, phase)
+            data = serialized(checkpoint_dict(self.learn, with_opt=True, train=train))
         except BaseException:
             self.written = previous
             raise
-        for old in previous:
-            if old not in kept:
-                (self.dir / old).unlink(missing_ok=True)
+        dropped = [n for n in previous if n not in kept]
+        self._writer.submit(functools.partial(self._write, data, name, dropped))
+
+    def _write(self, data: bytes, name: str, dropped: list[str]) -> None:
+        """The file, then ``latest`` naming it, then the files beyond ``keep_last`` removed."""
+        write_checkpoint(data, self.dir / name)
+        atomic_write(self.dir / _LATEST, lambda file: file.write(name.encode()))
+        for old in dropped:
+            (self.dir / old).unlink(missing_ok=True)
 
     # ------------------------------------------------------------- interrupts
 
@@ -217,6 +227,7 @@ class Checkpoint(Callback):
         if signum is None:
             return
         self._uninstall()
+        self._writer.wait()  # the checkpoint is on disk before the signal acts
         signal.raise_signal(signum)  # ends the fit, unless the handler returns (SIG_IGN, ...)
         if resume_watching:
             self._install()

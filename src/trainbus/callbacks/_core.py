@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .._bus import EventBus
 from .._callback import Callback
+from .._checkpoint import pack_floats, unpack_floats
 from .._distributed import reduced_row
 from .._events import Event
 from .._hooks import SubscriberClasses
@@ -206,18 +207,32 @@ class Recorder(Callback):
         state.provide("smooth_loss", self._smooth_loss)
 
     def state_dict(self) -> dict[str, Any]:
-        """The records so far (tensors stay on their device), for an exact resume."""
+        """The records so far (tensors stay on their device), for an exact resume.
+
+        The rows of ``values`` not read yet are computed first (as reading them would), so
+        that the record is a few tensors whatever the length of the fit.
+        """
+        self._compute_rows()
         losses = [*self._chunks, torch.stack(self._recent)] if self._recent else self._chunks
         return {
             "losses": torch.cat(losses) if losses else None,
-            "lrs": list(self.lrs),
-            "times": list(self.times),
-            "rows": [list(row) for row in self._rows],
-            "pending": [attrs.asdict(epoch, recurse=False) for epoch in self._pending],
+            "lrs": pack_floats(self.lrs),
+            "times": pack_floats(self.times),
+            "rows": pack_floats([value for row in self._rows for value in row]),
+            "row_length": len(self._rows[0]) if self._rows else 0,
+            "pending": [
+                {
+                    "first_loss": epoch.first_loss,
+                    "n_train": epoch.n_train,
+                    "valid": _pack_pairs(epoch.valid),
+                    "metric_sums": [_pack_pairs(sums) for sums in epoch.metric_sums],
+                }
+                for epoch in self._pending
+            ],
             "ema": self._ema,
             "ema_count": self._ema_count,
-            "valid": list(self._valid),
-            "metric_sums": [list(sums) for sums in self._metric_sums],
+            "valid": _pack_pairs(self._valid),
+            "metric_sums": [_pack_pairs(sums) for sums in self._metric_sums],
             "epoch_first_loss": self._epoch_first_loss,
             "epoch_elapsed": time.perf_counter() - self._epoch_start,
             "cancelled": self._cancelled,
@@ -227,14 +242,15 @@ class Recorder(Callback):
         """Restore :meth:`state_dict`'s records, their tensors on the learner's device."""
         device = self.learn.device
 
-        def moved(items: list[tuple[torch.Tensor, int]]) -> list[tuple[torch.Tensor, int]]:
-            return [(value.to(device), n) for value, n in items]
+        def moved(packed: dict[str, Any]) -> list[tuple[torch.Tensor, int]]:
+            return _unpack_pairs(packed, device)
 
         losses: torch.Tensor | None = state["losses"]
         self._chunks = [] if losses is None else [losses.to(device)]
         self._recent, self._n_chunked = [], 0 if losses is None else losses.shape[0]
-        self.lrs, self.times = list(state["lrs"]), list(state["times"])
-        self._rows = [list(row) for row in state["rows"]]
+        self.lrs, self.times = unpack_floats(state["lrs"]), unpack_floats(state["times"])
+        cells, width = unpack_floats(state["rows"]), int(state["row_length"])
+        self._rows = [cells[i : i + width] for i in range(0, len(cells), width)] if width else []
         self._pending = [
             _Epoch(
                 e["first_loss"],
@@ -380,6 +396,26 @@ class Recorder(Callback):
         from ._plots import plot_losses
 
         plot_losses(self, path, skip_start=skip_start, with_valid=with_valid)
+
+
+def _pack_pairs(items: list[tuple[torch.Tensor, int]]) -> dict[str, Any]:
+    """``(value, batch size)`` pairs as one stacked tensor and a list of sizes, for saving."""
+    values = [value for value, _ in items]
+    try:
+        stacked = torch.stack(values) if values else None
+    except RuntimeError:  # values of several shapes or devices: kept as they are
+        return {"pairs": list(items)}
+    return {"values": stacked, "sizes": [n for _, n in items]}
+
+
+def _unpack_pairs(packed: dict[str, Any], device: torch.device) -> list[tuple[torch.Tensor, int]]:
+    """The pairs :func:`_pack_pairs` packed, their values on ``device``."""
+    if "pairs" in packed:
+        return [(value.to(device), n) for value, n in packed["pairs"]]
+    values: torch.Tensor | None = packed["values"]
+    if values is None:
+        return []
+    return list(zip(values.to(device).unbind(), packed["sizes"], strict=True))
 
 
 def _copied(value: object) -> object:

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast, final
 
 import attrs
-import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checkpoint import cpu_copy
 from .._checks import checked_float, checked_int
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException, CancelValidException
@@ -122,19 +122,6 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, float
     return xs[_valley(ys)], steep, minimum
 
 
-def _cpu_copy(value: object) -> object:
-    """A deep copy with every tensor copied to the CPU (restored bit for bit later)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        mapping = cast("dict[object, object]", value)
-        return {k: _cpu_copy(v) for k, v in mapping.items()}
-    if isinstance(value, list | tuple):
-        items = cast("list[object] | tuple[object, ...]", value)
-        return type(items)(_cpu_copy(v) for v in items)
-    return value
-
-
 class LRFinder(Callback):
     """Trains with a learning rate growing geometrically per batch, recording the loss.
 
@@ -191,8 +178,8 @@ class LRFinder(Callback):
         self._done = False
         model = self.model
         modes = [m.training for m in model.modules()]
-        model_state = cast("dict[str, Any]", _cpu_copy(model.state_dict()))
-        opt_state = cast("dict[str, Any]", _cpu_copy(self.opt.state_dict()))
+        model_state = cast("dict[str, Any]", cpu_copy(model.state_dict()))
+        opt_state = cast("dict[str, Any]", cpu_copy(self.opt.state_dict()))
         self._saved = (model_state, opt_state, modes)
 
     @override

@@ -20,6 +20,7 @@ import torch
 from typing_extensions import override
 
 from .._callback import Callback
+from .._checkpoint import pack_floats, unpack_floats
 from .._checks import checked_float
 from .._hooks import SubscriberClasses
 from ._core import Recorder, TrainEvalCallback
@@ -335,11 +336,11 @@ class ParamScheduler(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"hps": {name: list(values) for name, values in self.hps.items()}}
+        return {"hps": {name: pack_floats(values) for name, values in self.hps.items()}}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.hps = {name: list(values) for name, values in state["hps"].items()}
+        self.hps = {name: unpack_floats(values) for name, values in state["hps"].items()}
 
     def _resolve(self) -> None:
         opt = self.opt
