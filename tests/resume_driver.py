@@ -1,12 +1,12 @@
 """A fit with every stateful part, to be killed and resumed (tests/test_resume*.py).
 
 ``python tests/resume_driver.py KIND DIR OUT [--kill-at STEP ...] [--kill-at-epoch E ...]
-[--kill-in-write N]``
+[--kill-in-write FSYNC]``
 runs ``fit_one_cycle(4, resume="latest")`` with ``Checkpoint(DIR, every_n_steps=7)`` on
 shuffled data of KIND, dropout, Recorder, EarlyStoppingCallback, GradientAccumulation,
 MixedPrecision (bfloat16 on the CPU), MixUp and a callback drawing from Python's and
 NumPy's generators. It SIGKILLs itself after training batch STEP (``train_iter``) or at
-the end of epoch E, or halfway through its Nth checkpoint write, once each (a marker file
+the end of epoch E, or at its FSYNCth fsync (in a checkpoint write), once each (a marker file
 in DIR remembers the kills done), and otherwise writes the results to OUT. The module
 also holds the helpers of the resume tests: the uninterrupted fit's results, and the
 comparison.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import os
 import random
 import signal
@@ -113,25 +112,23 @@ class Killer(Callback):
 
 
 def kill_while_writing(folder: Path, nth: int) -> None:
-    """Make the ``nth`` checkpoint write of this process SIGKILL it halfway (once per folder)."""
-    real_save = torch.save
+    """SIGKILL this process at its ``nth`` fsync (once per folder): with ``nth = 4k + 1``,
+    when checkpoint ``k + 1``'s temporary file is written but not yet renamed (each
+    checkpoint fsyncs its file, its folder, the ``latest`` file and the folder again)."""
+    real_fsync = os.fsync
     calls = 0
 
-    def save(obj: object, file: Any, *args: Any, **kwargs: Any) -> None:
+    def fsync(fd: int) -> None:
         nonlocal calls
         calls += 1
         marker = folder / "killed-write"
         if calls == nth and not marker.exists():
-            buffer = io.BytesIO()
-            real_save(obj, buffer)
-            file.write(buffer.getvalue()[: buffer.tell() // 2])
-            file.flush()
             marker.write_text("")
             os.kill(os.getpid(), signal.SIGKILL)
-        real_save(obj, file, *args, **kwargs)
+        real_fsync(fd)
 
-    patched: Any = torch
-    patched.save = save
+    patched: Any = os
+    patched.fsync = fsync
 
 
 def make_learner(kind: Kind) -> Learner:

@@ -61,8 +61,9 @@ def test_killed_three_times(tmp_path: Path) -> None:
 
 
 def test_killed_while_writing_a_checkpoint(tmp_path: Path) -> None:
-    # The 4th write is step 21's: the kill leaves a half temporary file, latest names step 14.
-    statuses = run_until_done("tensors_seeded", tmp_path, "--kill-in-write", "4")
+    # The 13th fsync is the 4th checkpoint's (step 21's) first: its temporary file is
+    # written, not renamed; latest names step 14.
+    statuses = run_until_done("tensors_seeded", tmp_path, "--kill-in-write", "13")
     assert statuses == [-9, 0]
     check("tensors_seeded", tmp_path)
     assert not list((tmp_path / "ckpt").glob(".*.tmp"))  # the resumed fit removed it
