@@ -124,19 +124,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def loader_generators(dl: object) -> list[torch.Generator]:
-    """The ``torch.Generator`` s a loader shuffles with (its own, its sampler's, ...)."""
+    """The ``torch.Generator`` s a loader shuffles with: its own, its samplers', and those
+    of a loader it wraps (a data shard's ``source``)."""
     found: list[torch.Generator] = []
-    batch_sampler = getattr(dl, "batch_sampler", None)
-    holders = (
-        dl,
-        getattr(dl, "sampler", None),
-        batch_sampler,
-        getattr(batch_sampler, "sampler", None),
-    )
+    holders: list[object] = [dl]
     for holder in holders:
         generator = getattr(holder, "generator", None)
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)
+        if len(holders) < 16:  # a bounded walk: wrappers do not nest deeply
+            for name in ("sampler", "batch_sampler", "source"):
+                inner = getattr(holder, name, None)
+                if inner is not None:
+                    holders.append(inner)
     return found
 
 
