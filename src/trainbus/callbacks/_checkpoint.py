@@ -43,7 +43,9 @@ class Checkpoint(Callback):
     only), and ``latest``, a text file naming the newest. Each is written to a temporary
     file, fsynced and renamed, and ``latest`` is updated (the same way) after it, so a
     crash leaves the previous checkpoint and ``latest`` intact; then the oldest files
-    beyond ``keep_last`` are removed.
+    beyond ``keep_last`` are removed. The state is serialized at the batch boundary (one
+    copy of it) and written by a background thread while training goes on; an epoch's
+    checkpoints are on disk before the next epoch begins, and the fit's before it returns.
 
     It runs last in every event (``order = 1000``), so it saves what the other callbacks
     did with the batch or epoch. A callback that stops the fit in ``after_epoch``
@@ -118,6 +120,10 @@ class Checkpoint(Callback):
         self._fields = self.learn.state.trusted_values
         if self.save_on_interrupt:
             self._install()
+
+    @override
+    def begin_epoch(self) -> None:
+        self._writer.wait()  # the last epoch's checkpoints are on disk before this one starts
 
     @override
     def begin_train(self) -> None:
