@@ -34,6 +34,8 @@ the plain loop, and 0 host reads per training step.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -139,18 +141,17 @@ def trainbus_tensors() -> Train:
 
 
 def ignite() -> Train:
-    from ignite.engine import (  # pyright: ignore[reportMissingImports]  # optional
-        Events,  # pyright: ignore[reportUnknownVariableType]
-        create_supervised_trainer,  # pyright: ignore[reportUnknownVariableType]
-    )
+    # Imported by name: Ignite is optional, and the type checkers run without it.
+    ignite_engine: Any = importlib.import_module("ignite.engine")
+    events, create_trainer = ignite_engine.Events, ignite_engine.create_supervised_trainer
 
     model, dl = _model(), _loader()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    engine: Any = create_supervised_trainer(model, opt, nn.functional.cross_entropy)
+    engine: Any = create_trainer(model, opt, nn.functional.cross_entropy)
 
     def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED(once=2), lambda: toggle("on"))
-        engine.add_event_handler(Events.EPOCH_COMPLETED(once=n_epoch), lambda: toggle("off"))
+        engine.add_event_handler(events.EPOCH_STARTED(once=2), lambda: toggle("on"))
+        engine.add_event_handler(events.EPOCH_COMPLETED(once=n_epoch), lambda: toggle("off"))
         engine.run(dl, max_epochs=n_epoch)
 
     return train
@@ -165,13 +166,7 @@ CONTENDERS: Final[dict[str, tuple[str, Callable[[], Train]]]] = {
 
 
 def _available(name: str) -> bool:
-    if name != "ignite":
-        return True
-    try:
-        import ignite.engine  # noqa: F401  # pyright: ignore[reportMissingImports, reportUnusedImport]
-    except ImportError:
-        return False
-    return True
+    return name != "ignite" or importlib.util.find_spec("ignite") is not None
 
 
 def worker(name: str, measured: int) -> None:
