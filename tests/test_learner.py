@@ -256,7 +256,11 @@ def test_error_in_the_loop_body_releases_everything() -> None:
     learn = Learner(tiny_model(), tiny_dls(), failing_loss, cbs=[Cleanup(log, "cleanup")])
     with pytest.raises(FloatingPointError, match="loss overflow") as info:
         learn.fit(1)
-    assert not hasattr(info.value, "__notes__")  # no callback was involved
+    # No callback was involved: the note names the batch body, the phase and the batch.
+    assert info.value.__notes__ == [
+        "trainbus: raised in the model, loss_func, backward or optimizer step of training "
+        "batch 1, epoch 0"
+    ]
     assert log == [("cleanup", info.value)]
     with pytest.raises(UnsetFieldError):
         _ = learn.state.pred
@@ -374,8 +378,11 @@ def test_batches_of_every_shape_reach_the_model_and_the_loss(
 )
 def test_a_batch_that_is_not_a_sequence_is_refused(batch: object, name: str) -> None:
     learn = Learner(tiny_model(), DataLoaders([batch]), nn.functional.mse_loss)
-    with pytest.raises(TypeError, match=rf"each batch must be a sequence .*, got {name}$"):
+    with pytest.raises(TypeError, match=rf"each batch must be a sequence .*, got {name}\n") as info:
         learn.fit(1)
+    assert info.value.__notes__ == [
+        "trainbus: raised in the training data while loading batch 0 of epoch 0"
+    ]
     for field in ("xb", "yb", "pred", "loss"):
         with pytest.raises(UnsetFieldError):
             getattr(learn.state, field)

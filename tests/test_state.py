@@ -447,7 +447,7 @@ def test_set_trusted_skips_validation_but_assignment_validates() -> None:
     assert state.epoch == 2
     bad: Any = "three"
     with pytest.raises(pydantic.ValidationError):
-        state.epoch = bad
+        state.train_iter = bad
 
 
 EMA = StateKey("ema", float)

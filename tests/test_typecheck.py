@@ -87,7 +87,7 @@ RULES: Final = {
     "subscriber-signature": _rule(
         "a plain-function subscriber of the wrong signature", "arg-type", "reportArgumentType"
     ),
-    "callback-type": _rule("add_cb(<not a Callback>)", "type-var", "reportArgumentType"),
+    "callback-type": _rule("add_cb(<not a Callback>)", "arg-type", "reportArgumentType"),
     "state-key-write": _rule("extras[key] = value of the wrong type", "misc", "reportArgumentType"),
     "state-key-index": _rule("extras[<not a StateKey>]", "index", "reportArgumentType"),
     "state-key-read": _rule(

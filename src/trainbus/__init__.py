@@ -13,7 +13,8 @@ from ._distributed import Distributed, RankFailedError
 from ._events import Event, Stage
 from ._hooks import HookError, Subscriber
 from ._inference import Preds
-from ._learner import Learner, Metric
+from ._learner import Learner
+from ._metric import Metric
 from ._ordering import CallbackOrderError
 from ._signals import (
     CancelBatchException,

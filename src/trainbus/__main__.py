@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,9 +33,12 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: ``trainbus demo [options]``."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="trainbus", description="trainbus: a typed event bus for PyTorch training loops."
     )
+    parser.add_argument("--version", action="version", version=f"trainbus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -74,9 +78,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _writable_folder(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder``, or ``None`` when they can (tried)."""
+    if not folder.exists():
+        return f"folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"folder {folder} is not writable ({error.strerror or error})"
+    return None
+
+
+def _path_problem(option: str, path: Path | None, *, folder: bool) -> str | None:
+    """What is wrong with ``path`` for ``option`` (a file to write, or a folder to fill)."""
+    if path is None:
+        return None
+    if folder:
+        if path.exists() and not path.is_dir():
+            return f"{option} {path}: a file is there, not a folder"
+        target = path if path.is_dir() else path.parent
+    else:
+        if path.is_dir():
+            return f"{option} {path}: is a folder; give a file name, e.g. {path / 'loss.png'}"
+        target = path.parent
+    problem = _writable_folder(target)
+    return None if problem is None else f"{option} {path}: {problem}"
+
+
+def _check_paths(args: argparse.Namespace) -> str | None:
+    """The first problem with the paths given, checked before any training."""
+    checks = (
+        ("--plot", args.plot, False),
+        ("--save-dir", args.save_dir, True),
+        ("--tensorboard", args.tensorboard, True),
+    )
+    for option, path, folder in checks:
+        problem = _path_problem(option, path, folder=folder)
+        if problem is not None:
+            return problem
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (2: bad arguments, 130: Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    problem = _check_paths(args)
+    if problem is not None:
+        print(f"trainbus demo: error: {problem}", file=sys.stderr)
+        return 2
     from ._demo import run_demo  # after parsing: --help stays fast
     from ._distributed import is_rank_zero
 

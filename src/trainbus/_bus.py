@@ -6,6 +6,7 @@ The bus knows nothing about tensors or the Learner: any loop can drive it by han
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, final
 
@@ -16,7 +17,7 @@ from ._hooks import Subscriber, hooks_of, ordering_classes
 from ._ordering import dependency_order
 from ._signals import CancelException, SignalUsageError
 
-__all__ = ["EventBus", "Handler"]
+__all__ = ["EventBus", "Handler", "add_origin_note"]
 
 Handler = Callable[[], object]
 """What the bus calls for an event: a bound hook, or a plain function of no arguments."""
@@ -177,6 +178,11 @@ class EventBus:
         event = _as_event(event)
         if not callable(function):
             raise TypeError(f"subscribe expects a callable, got {type(function).__qualname__}")
+        if inspect.iscoroutinefunction(function):
+            raise TypeError(
+                f"{_function_label(function)} is an async def: the bus calls subscribers and "
+                "never awaits them, so its body would never run; make it a plain def"
+            )
         if any(e.function is function and e.event is event for e in self._entries):
             raise ValueError(f"{_function_label(function)} is subscribed to {event} already")
         self._insert(_Entry(self._take_seq(), function=function, event=event, order=order))
@@ -413,9 +419,15 @@ def _handler_label(handler: Handler) -> str:
 
 
 def _annotate(error: BaseException, handler: Handler, event: Event) -> None:
+    add_origin_note(error, f"{_handler_label(handler)} during event {event.value}")
+
+
+def add_origin_note(error: BaseException, where: str) -> None:
+    """Note on ``error`` where it was raised (``trainbus: raised in <where>``), unless an
+    inner frame noted it already (the innermost origin is the one that helps)."""
     notes: list[str] = getattr(error, "__notes__", [])
     if not any(note.startswith(_NOTE_PREFIX) for note in notes):
-        error.add_note(f"{_NOTE_PREFIX}{_handler_label(handler)} during event {event.value}")
+        error.add_note(f"{_NOTE_PREFIX}{where}")
 
 
 def _misplaced(signal: CancelException, event: Event, handler: Handler) -> SignalUsageError:

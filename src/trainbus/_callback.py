@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._hooks import Subscriber
-from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS
+from ._state import STATE_FIELDS, state_write_error
 from ._views import StateView
 
 if TYPE_CHECKING:
@@ -88,16 +88,3 @@ class Callback(Subscriber, StateView):
             if name in _NOT_ASSIGNABLE:
                 raise AttributeError(state_write_error(type(self).__qualname__, name))
             object.__setattr__(self, name, value)
-
-
-def state_write_error(owner: str, name: str) -> str:
-    if name in LOOP_OWNED_FIELDS:
-        return f"{owner}.{name} is owned by the training loop; callbacks can read it, not write it"
-    if name == "extras":
-        return f"{owner}.extras is a mapping: publish with self.learn.extras[KEY] = value"
-    if name == "learn":
-        return f"{owner}.learn is set by Learner.add_cb; it cannot be assigned"
-    return (
-        f"{owner}.{name} is a read-only view of the learner's state: "
-        f"write self.learn.{name} = ... to change it"
-    )

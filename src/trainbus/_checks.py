@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["checked_float", "checked_int"]
+__all__ = ["checked_float", "checked_int", "require_training_batches"]
 
 
 def checked_int(label: str, value: object, minimum: int = 1, *, what: str | None = None) -> int:
@@ -72,3 +72,20 @@ def checked_float(
     if finite and math.isinf(number):
         raise ValueError(f"{label} must be {what or 'finite'}, got {value!r}")
     return number
+
+
+def require_training_batches(dl: object, what: str) -> None:
+    """Reject a training loader with no batches before ``what`` (a fit, lr_find) starts.
+
+    Raises:
+        ValueError: ``len(dl) == 0`` (a loader without ``len`` is not checked).
+    """
+    try:
+        n = len(dl)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    except TypeError:
+        return
+    if n == 0:
+        raise ValueError(
+            f"{what} needs training batches, but dls.train is empty (check the dataset's "
+            "length, the batch size and drop_last)"
+        )

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from typing import ClassVar, Final, TypeAlias, cast
 
 from ._events import Event
+from ._porting import foreign_hook_hint
 
 __all__ = [
     "HookError",
@@ -213,6 +214,12 @@ def _reject_near_misses(cls: type[Subscriber]) -> None:
         for name, value in vars(klass).items():
             if name.startswith("_") or name in EVENT_NAMES or not callable(value):
                 continue
+            hint = foreign_hook_hint(name)
+            if hint is not None:
+                raise HookError(
+                    f"{cls.__qualname__}.{name} is not a trainbus event, so it would never "
+                    f"run: {hint}. (Prefix a helper that is not a hook with '_'.)"
+                )
             suggestion = _suggestion(name)
             if suggestion is not None:
                 raise HookError(
@@ -225,6 +232,11 @@ def _check_signature(cls: type[Subscriber], name: str) -> None:
     hook = getattr(cls, name)
     if not callable(hook):
         raise HookError(f"{cls.__qualname__}.{name} must be a method, not {type(hook).__name__}")
+    if inspect.iscoroutinefunction(hook) or inspect.isasyncgenfunction(hook):
+        raise HookError(
+            f"hook {cls.__qualname__}.{name} is an async def: the bus calls hooks and never "
+            "awaits them, so its body would never run; make it a plain def"
+        )
     try:
         signature = inspect.signature(hook)
     except (TypeError, ValueError):  # builtins without signature metadata: trust them

@@ -18,12 +18,12 @@ from ._devices import to_device
 from ._events import Event
 from ._hooks import SubscriberClasses
 from ._losses import LossFunc, per_sample_loss
+from ._metric import Metric, metric_name
 from .callbacks._core import (
     MetricSums,
     TrainEvalCallback,
     ValidationLosses,
     add_validation_batch,
-    metric_name,
     validation_row,
     values_to_host,
 )
@@ -129,7 +129,7 @@ class Gather(Callback):
                 )
             self.losses.append(to_device(_per_sample(self.per_sample, pred, yb), _CPU))
 
-    def metrics(self, learn_metrics: Sequence[Callable[..., torch.Tensor]]) -> dict[str, float]:
+    def metrics(self, learn_metrics: Sequence[Metric]) -> dict[str, float]:
         """``{"valid_loss": ..., "<metric name>": ...}``, as the Recorder's row has them."""
         (row,) = values_to_host([validation_row(self.valid, self.metric_sums)])
         names = ["valid_loss", *map(metric_name, learn_metrics)]

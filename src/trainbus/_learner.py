@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
@@ -15,12 +16,22 @@ from torch import Tensor, nn
 from ._bus import EventBus
 from ._callback import Callback, state_write_error
 from ._checkpoint import load_checkpoint, save_checkpoint
-from ._checks import checked_float, checked_int
+from ._checks import checked_float, checked_int, require_training_batches
 from ._data import BatchSource, DataLoaders
 from ._devices import DeviceLike, batch_mover, resolve_device
 from ._distributed import Distributed, detect, reduced_row
 from ._events import Event, Stage
 from ._inference import Gather, Preds, either_body, per_sample_losses, prediction_body
+from ._inputs import (
+    CallbackLike,
+    Metric,
+    as_callback,
+    checked_loss_func,
+    checked_metrics,
+    defaults_replaced_by,
+)
+from ._metric import not_a_tensor
+from ._origins import note_loop_failure
 from ._resume import ResumePlan
 from ._sharding import shard_dataloaders
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
@@ -31,12 +42,10 @@ if TYPE_CHECKING:
     from .callbacks._lr_finder import LRFinderResult
     from .callbacks._schedule import ParamScheduler
 
-__all__ = ["Learner", "Metric"]
+__all__ = ["Learner"]
 
 C = TypeVar("C", bound=Callback)
 
-Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""A metric: ``metric(pred, target) -> Tensor`` (a batch mean), e.g. ``accuracy``."""
 
 # Read for every batch: a module constant costs a fraction of an Enum attribute read.
 _AFTER_PRED: Final = Event.after_pred
@@ -112,8 +121,8 @@ class Learner(StateWriter):
         loss_func: Callable[..., torch.Tensor],
         opt_func: Callable[..., torch.optim.Optimizer] = torch.optim.SGD,
         lr: float = 0.1,
-        cbs: Iterable[Callback] | None = None,
-        metrics: Sequence[Metric] | None = None,
+        cbs: Iterable[CallbackLike] | None = None,
+        metrics: Sequence[Metric] | Metric | None = None,
         *,
         n_inp: int = 1,
         device: DeviceLike | None = None,
@@ -123,14 +132,10 @@ class Learner(StateWriter):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__qualname__}")
         if not isinstance(dls, DataLoaders):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"dls must be trainbus.DataLoaders, got {type(dls).__qualname__}")
-        if not callable(loss_func):
-            raise TypeError(f"loss_func must be callable, got {type(loss_func).__qualname__}")
+        checked_loss_func(loss_func)
         checked_int("n_inp", n_inp)
         lr = checked_float("lr", lr)
-        metrics = list(metrics or ())
-        for metric in metrics:
-            if not callable(metric):
-                raise TypeError(f"metrics must be callables, got {type(metric).__qualname__}")
+        metric_list = checked_metrics(metrics)
         # The process group first: initialising it from torchrun's environment selects
         # this process's GPU, which the default device then is.
         self._dist: Final = detect()
@@ -144,15 +149,18 @@ class Learner(StateWriter):
                 seed=self._dist.seed,
                 epoch_of=lambda: self.state.trusted_values["epoch"],
             )
-        self.state: Final = TrainingState(
-            model=model,
-            dls=dls,
-            loss_func=loss_func,
-            opt_func=opt_func,
-            opt=opt_func(model.parameters(), lr=lr),
+        # Validated from a mapping: dls is read-only to type checkers (the loop owns it).
+        self.state: Final = TrainingState.model_validate(
+            {
+                "model": model,
+                "dls": dls,
+                "loss_func": loss_func,
+                "opt_func": opt_func,
+                "opt": opt_func(model.parameters(), lr=lr),
+            }
         )
         self.bus: Final = EventBus()
-        self.metrics: Final[list[Metric]] = metrics
+        self.metrics: Final[list[Metric]] = metric_list
         self.n_inp: Final = n_inp
         self._functions: dict[tuple[Event, Callable[[Learner], object]], Callable[[], object]] = {}
         # The module of the training forward pass, when not the model (see fit).
@@ -181,28 +189,39 @@ class Learner(StateWriter):
 
     # --------------------------------------------------------------- callbacks
 
-    def add_cb(self, cb: C) -> C:
+    def add_cb(self, cb: C | type[C]) -> C:
         """Register ``cb`` (ordered by its ``run_before``/``run_after``/``order``); returns it.
+
+        A Callback class is instantiated with no arguments. A callback of a default's
+        class (``Recorder``, ``ProgressCallback``, ``TrainEvalCallback``) replaces the
+        registered one of that class.
 
         Raises:
             TypeError: ``cb`` is not a Callback (use :meth:`subscribe` for a function).
             HookError: A method name of ``cb`` is a near miss of an event name.
             CallbackOrderError: Its constraints close a cycle (nothing is added).
         """
-        candidate: object = cb  # untyped callers can pass anything
-        if not isinstance(candidate, Callback):  # pyright: ignore[reportUnnecessaryIsInstance]
-            hint = " (use learn.subscribe(event, fn) for a function)" if callable(cb) else ""
-            raise TypeError(
-                f"add_cb expects a trainbus.Callback, got {type(cb).__qualname__}{hint}"
-            )
-        cb.set_learner(self)
+        new, replaced, _ = self._attach(cb)
+        for old in replaced:
+            old.set_learner(None)
+        return new
+
+    def _attach(self, cb: C | type[C]) -> tuple[C, list[Callback], Callable[[], None]]:
+        """Register ``cb``, detaching the defaults it replaces; returns it, them, and a
+        function that puts them back in their places (for callbacks of one fit)."""
+        new = as_callback(cb)
+        replaced = defaults_replaced_by(new, self.state.callbacks)
+        restore = self.bus.suspend(replaced)
+        new.set_learner(self)
         try:
-            self.bus.add(cb)
+            self.bus.add(new)
         except BaseException:
-            cb.set_learner(None)
+            new.set_learner(None)
+            restore()
+            self._sync_cbs()
             raise
         self._sync_cbs()
-        return cb
+        return new, replaced, restore
 
     def remove_cb(self, cb: Callback) -> None:
         """Unregister ``cb``.
@@ -345,7 +364,7 @@ class Learner(StateWriter):
         self,
         n_epoch: int,
         lr: float | None = None,
-        cbs: Iterable[Callback] | None = None,
+        cbs: Iterable[CallbackLike] | None = None,
         *,
         resume: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -354,7 +373,8 @@ class Learner(StateWriter):
         Args:
             n_epoch: Number of epochs (0 runs begin_fit and after_fit only).
             lr: If given, the learning rate of every parameter group from now on.
-            cbs: Callbacks for this fit only: removed when it returns or raises.
+            cbs: Callbacks for this fit only: removed when it returns or raises (the
+                defaults they replace come back).
             resume: Go on from a training checkpoint (a path, or ``"latest"``: the newest
                 in the dir of the :class:`~trainbus.callbacks.Checkpoint` callback, or a
                 fresh start when there is none yet). The fit ends as the one that wrote
@@ -366,12 +386,15 @@ class Learner(StateWriter):
                 model, optimizer, callbacks, data or ``n_epoch``); nothing has changed.
         """
         checked_int("n_epoch", n_epoch, 0, what="a non-negative int")
+        if n_epoch > 0:
+            require_training_batches(self.dls.train, "a fit")
         if lr is not None:
             lr = checked_float("lr", lr)
-        added: list[Callback] = []
+        added: list[tuple[Callback, Callable[[], None]]] = []
         try:
             for cb in cbs or ():
-                added.append(self.add_cb(cb))
+                new, _, restore = self._attach(cb)
+                added.append((new, restore))
             if resume is not None:
                 self._resume = ResumePlan.prepare(self, resume, n_epoch)
             if lr is not None:
@@ -390,9 +413,11 @@ class Learner(StateWriter):
         finally:
             self._resume = None
             self.state.drop_batch()
-            for cb in reversed(added):
+            for cb, restore in reversed(added):
                 if cb in self.state.cbs:
                     self.remove_cb(cb)
+                restore()
+            self._sync_cbs()
 
     def fit_one_cycle(
         self,
@@ -402,7 +427,7 @@ class Learner(StateWriter):
         div_final: float = 1e5,
         pct_start: float = 0.25,
         moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
-        cbs: Iterable[Callback] | None = None,
+        cbs: Iterable[CallbackLike] | None = None,
         *,
         resume: str | os.PathLike[str] | None = None,
     ) -> ParamScheduler:
@@ -583,7 +608,12 @@ class Learner(StateWriter):
         state.set_trusted("dl", dl)
         state.set_trusted("n_iter", len(dl))
         state.set_trusted("iter", 0)
-        self.bus.run(stage, functools.partial(self._all_batches, one_batch))
+        try:
+            self.bus.run(stage, functools.partial(self._all_batches, one_batch))
+        except Exception as error:  # not noted by a callback or the body: from the data
+            values = state.trusted_values
+            note_loop_failure(error, values, training=stage is Stage.train, from_data=True)
+            raise
 
     def _all_batches(self, one_batch: Callable[[], None]) -> None:
         # One run_each over a generator rather than one run per batch: 2 400 instructions
@@ -591,6 +621,13 @@ class Learner(StateWriter):
         batches = self._batches()
         try:
             self.bus.run_each(_BATCH, batches, one_batch)
+        except Exception as error:
+            # A generator that raised has finished: then it is the data's error (noted in
+            # _phase), else the batch body's.
+            if inspect.getgeneratorstate(batches) != inspect.GEN_CLOSED:
+                values, training = self.state.trusted_values, one_batch == self._train_batch
+                note_loop_failure(error, values, training=training, from_data=False)
+            raise
         finally:
             batches.close()
         self.state.drop_batch()  # no batch is in flight in after_train / after_validate
@@ -643,7 +680,12 @@ class Learner(StateWriter):
         values["loss"] = values["loss_func"](values["pred"], *values["yb"])
         if loss_heard:
             emit(_AFTER_LOSS)
-        values["loss"].backward()
+        try:
+            values["loss"].backward()
+        except AttributeError:
+            if isinstance(values["loss"], torch.Tensor):
+                raise
+            raise not_a_tensor("loss", values["loss"]) from None
         if backward_heard:
             emit(_AFTER_BACKWARD)
         values["opt"].step()

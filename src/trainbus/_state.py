@@ -26,6 +26,7 @@ __all__ = [
     "StateKey",
     "TrainingState",
     "UnsetFieldError",
+    "state_write_error",
 ]
 
 T = TypeVar("T")
@@ -151,20 +152,39 @@ class TrainingState(pydantic.BaseModel):
     )
 
     model: nn.Module
-    dls: DataLoaders
     loss_func: Callable[..., torch.Tensor]
     opt_func: Callable[..., torch.optim.Optimizer]
     opt: torch.optim.Optimizer
-    cbs: tuple[Any, ...] = ()
-    dl: BatchSource = pydantic.Field(default=_UNSET)
+    # The loop's own fields (LOOP_OWNED_FIELDS): read-only properties to type checkers,
+    # refused at run time by __setattr__; the loop writes them with set_trusted.
+    if TYPE_CHECKING:
+
+        @property
+        def dls(self) -> DataLoaders: ...
+        @property
+        def cbs(self) -> tuple[Any, ...]: ...
+        @property
+        def dl(self) -> BatchSource: ...
+        @property
+        def n_epoch(self) -> int: ...
+        @property
+        def epoch(self) -> int: ...
+        @property
+        def n_iter(self) -> int: ...
+        @property
+        def iter(self) -> int: ...
+    else:
+        dls: DataLoaders
+        cbs: tuple[Any, ...] = ()
+        dl: BatchSource = pydantic.Field(default=_UNSET)
+        n_epoch: int = 0
+        epoch: int = 0
+        n_iter: int = 0
+        iter: int = 0
     xb: tuple[torch.Tensor, ...] = pydantic.Field(default=_UNSET)
     yb: tuple[torch.Tensor, ...] = pydantic.Field(default=_UNSET)
     pred: torch.Tensor = pydantic.Field(default=_UNSET)
     loss: torch.Tensor = pydantic.Field(default=_UNSET)
-    n_epoch: int = 0
-    epoch: int = 0
-    n_iter: int = 0
-    iter: int = 0
     train_iter: int = 0
     pct_train: float = 0.0
     training: bool = False
@@ -250,6 +270,8 @@ class TrainingState(pydantic.BaseModel):
     if not TYPE_CHECKING:  # invisible to type checkers: an unknown name stays a type error
 
         def __setattr__(self, name: str, value: Any) -> None:
+            if name in LOOP_OWNED_FIELDS:
+                raise AttributeError(state_write_error("TrainingState", name))
             # pydantic validates an assignment into a copy of __dict__ and installs the
             # copy; the loop holds the original (see `trusted_values`), so the validated value
             # is moved into it and the original put back. A failed validation changes
@@ -290,3 +312,16 @@ STATE_FIELDS: Final = frozenset(TrainingState.model_fields) | {"x", "y"}
 
 # Fields a callback may assign through the learner (validated): all but the loop's own.
 WRITABLE_FIELDS: Final = STATE_FIELDS - LOOP_OWNED_FIELDS - {"extras"}
+
+
+def state_write_error(owner: str, name: str) -> str:
+    if name in LOOP_OWNED_FIELDS:
+        return f"{owner}.{name} is owned by the training loop; callbacks can read it, not write it"
+    if name == "extras":
+        return f"{owner}.extras is a mapping: publish with self.learn.extras[KEY] = value"
+    if name == "learn":
+        return f"{owner}.learn is set by Learner.add_cb; it cannot be assigned"
+    return (
+        f"{owner}.{name} is a read-only view of the learner's state: "
+        f"write self.learn.{name} = ... to change it"
+    )

@@ -48,6 +48,10 @@ class LoopOwned(Callback):
         self.learn.n_epoch = 1  # E: loop-owned
         self.learn.n_iter = 3  # E: loop-owned
         self.learn.dl = self.dls.valid  # E: loop-owned
+        self.learn.state.epoch = 3  # E: loop-owned
+        self.learn.state.iter = 0  # E: loop-owned
+        self.learn.state.dl = self.dls.valid  # E: loop-owned
+        self.learn.state.dls = self.dls  # E: loop-owned
         self.learn.dls = self.dls  # E: loop-owned
         self.learn.cbs = ()  # E: loop-owned
         self.learn.x = self.x  # E: loop-owned

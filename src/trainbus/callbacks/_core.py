@@ -18,12 +18,13 @@ from .._checkpoint import pack_floats, unpack_floats
 from .._distributed import reduced_row
 from .._events import Event
 from .._hooks import SubscriberClasses
+from .._metric import metric_name, metric_tensor, not_a_tensor
 from .._state import UnsetFieldError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .._learner import Learner, Metric
+    from .._learner import Learner
 
 __all__ = ["ProgressCallback", "Recorder", "RecorderSnapshot", "TrainEvalCallback"]
 
@@ -296,6 +297,8 @@ class Recorder(Callback):
             loss = values["loss"].data
         except KeyError:  # not a batch of the Learner's: let the state say what is missing
             loss = self.learn.state.loss.data
+        except AttributeError:
+            raise not_a_tensor("loss", values["loss"]) from None
         if values["training"]:
             recent = self._recent
             recent.append(loss)
@@ -438,11 +441,6 @@ def values_to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[f
     return [[math.nan if value is None else next(found) for value in row] for row in rows]
 
 
-def metric_name(metric: Metric) -> str:
-    """The column of ``metric`` in the Recorder's values: its ``__name__``."""
-    return getattr(metric, "__name__", type(metric).__name__)
-
-
 def add_validation_batch(
     learn: Learner, loss: torch.Tensor, valid: ValidationLosses, metric_sums: MetricSums
 ) -> None:
@@ -460,9 +458,26 @@ def add_validation_batch(
     bs = (target[0] if target else inputs[0]).shape[0]
     valid.append((loss, bs))
     if metric_sums:
-        pred = learn.state.pred.detach()
-        for sums, metric in zip(metric_sums, learn.metrics, strict=True):
-            sums.append((metric(pred, *target).detach(), bs))
+        _add_metrics(learn, target, bs, metric_sums)
+
+
+def _add_metrics(
+    learn: Learner, target: tuple[torch.Tensor, ...], bs: int, metric_sums: MetricSums
+) -> None:
+    pred: object = learn.state.pred  # a model may return something else than a tensor
+    if isinstance(pred, torch.Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
+        pred = pred.detach()
+    device = learn.device
+    for sums, metric in zip(metric_sums, learn.metrics, strict=True):
+        try:
+            value = metric(pred, *target)  # type: ignore[arg-type]  # pred: see above
+        except Exception as error:
+            error.add_note(
+                f"trainbus: raised by metric {metric_name(metric)}, called with the "
+                f"model's output (a {type(pred).__qualname__}) and the targets"
+            )
+            raise
+        sums.append((metric_tensor(metric, value, device), bs))
 
 
 def validation_row(valid: ValidationLosses, metric_sums: MetricSums) -> list[torch.Tensor | None]:

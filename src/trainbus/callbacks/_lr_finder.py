@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from .._callback import Callback
 from .._checkpoint import cpu_copy
-from .._checks import checked_float, checked_int
+from .._checks import checked_float, checked_int, require_training_batches
 from .._hooks import SubscriberClasses
 from .._signals import CancelFitException, CancelValidException
 from ._core import Recorder, TrainEvalCallback
@@ -268,9 +268,8 @@ def lr_find(
         ValueError: The training data has no batches, or an argument is out of range.
     """
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+    require_training_batches(learn.dls.train, "lr_find")
     n_batches = len(learn.dls.train)
-    if n_batches == 0:
-        raise ValueError("lr_find needs training batches, but dls.train is empty")
     state = learn.state
     recorders = [(cb, cb.snapshot()) for cb in state.callbacks if isinstance(cb, Recorder)]
     try:
