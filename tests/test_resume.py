@@ -190,12 +190,17 @@ class Interrupt(Callback):
 
 
 def test_ctrl_c_saves_at_the_next_batch_boundary_then_interrupts(tmp_path: Path) -> None:
-    handler = signal.getsignal(signal.SIGINT)
-    learn = make_learner("loader")
-    checkpoint = Checkpoint(tmp_path, every_epoch=False, save_on_interrupt=True)
-    with pytest.raises(KeyboardInterrupt):
-        learn.fit_one_cycle(4, cbs=[checkpoint, Interrupt(signal.SIGINT, step=15)])
-    assert signal.getsignal(signal.SIGINT) is handler  # put back
+    # Python's own Ctrl-C handler, whatever this process inherited: a process started in
+    # the background by a non-interactive shell ignores SIGINT, and then nothing interrupts.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        learn = make_learner("loader")
+        checkpoint = Checkpoint(tmp_path, every_epoch=False, save_on_interrupt=True)
+        with pytest.raises(KeyboardInterrupt):
+            learn.fit_one_cycle(4, cbs=[checkpoint, Interrupt(signal.SIGINT, step=15)])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert (tmp_path / "latest").read_text() == "step-00000016.pt"  # the batch it came in
     resumed = make_learner("loader")
     resumed.fit_one_cycle(4, cbs=[Checkpoint(tmp_path, every_n_steps=EVERY)], resume="latest")
