@@ -106,6 +106,23 @@ def test_checkpoint_files_latest_and_rotation(tmp_path: Path) -> None:
     other.load(tmp_path / "step-00000020.pt")
 
 
+def test_files_a_killed_write_had_yet_to_remove_go_with_the_resumed_fits_first_write(
+    tmp_path: Path,
+) -> None:
+    def rotating() -> Checkpoint:
+        return Checkpoint(tmp_path, every_n_steps=5, every_epoch=False, keep_last=1)
+
+    with pytest.raises(RuntimeError, match="crash"):  # steps 5 and 10 written, 5 removed
+        make_learner("tensors").fit(2, cbs=[rotating(), Crash(step=12)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000010.pt"]
+    # As if the process had died after writing step 10 and `latest`, before removing step 5.
+    (tmp_path / "step-00000005.pt").write_bytes((tmp_path / "step-00000010.pt").read_bytes())
+    checkpoint = rotating()
+    make_learner("tensors").fit(2, cbs=[checkpoint], resume="latest")
+    assert checkpoint.written == ["step-00000020.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000020.pt"]
+
+
 def test_latest_without_a_checkpoint_starts_afresh_and_needs_the_callback(
     tmp_path: Path,
 ) -> None:

@@ -88,6 +88,9 @@ class Checkpoint(Callback):
         self.keep_last: int = checked_int("Checkpoint keep_last", keep_last)
         self.save_on_interrupt = save_on_interrupt
         self.written: list[str] = []
+        # What the last write removes, and what a killed process's last write had yet to.
+        self._dropping: list[str] = []
+        self._unremoved: list[str] = []
         self._fields: dict[str, Any] = {}
         self._signal: int | None = None
         self._previous: dict[int, _SignalHandler] = {}
@@ -116,6 +119,8 @@ class Checkpoint(Callback):
             if any(is_temporary(path, stem) for stem in _STEMS):
                 path.unlink(missing_ok=True)
         self.written = []
+        self._dropping = []
+        self._unremoved = []
         self._signal = None
         self._fields = self.learn.state.trusted_values
         if self.save_on_interrupt:
@@ -165,11 +170,14 @@ class Checkpoint(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"written": list(self.written)}
+        return {"written": list(self.written), "dropping": list(self._dropping)}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.written = [str(name) for name in state["written"]]
+        # A process killed after writing this file and `latest` but before removing the
+        # files it replaced left them: the resumed fit's first write removes them.
+        self._unremoved = [str(name) for name in state.get("dropping", ())]
 
     def _file_name(self, phase: Phase) -> str:
         values = self._fields
@@ -185,14 +193,16 @@ class Checkpoint(Callback):
         name = self._file_name(phase)
         previous = self.written
         kept = [*(n for n in previous if n != name), name][-self.keep_last :]
-        self.written = kept  # the file records the list it belongs to
+        dropped = [n for n in (*self._unremoved, *previous) if n not in kept]
+        # The file records the list it belongs to and the files its write removes.
+        self.written, self._dropping = kept, dropped
         try:
             train = training_state(self.learn, phase)
             data = serialized(checkpoint_dict(self.learn, with_opt=True, train=train))
         except BaseException:
             self.written = previous
             raise
-        dropped = [n for n in previous if n not in kept]
+        self._unremoved = []
         self._writer.submit(functools.partial(self._write, data, name, dropped))
 
     def _write(self, data: bytes, name: str, dropped: list[str]) -> None:
