@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
+from resume_driver import Killer, results
 from trainbus import Callback, DataLoaders, Learner
 from trainbus.callbacks import (
     Checkpoint,
@@ -29,6 +31,7 @@ from trainbus.callbacks import (
     GradientAccumulation,
     GradientClip,
     MixedPrecision,
+    MixUp,
     ProgressCallback,
     SaveModelCallback,
     TerminateOnNaNCallback,
@@ -47,16 +50,26 @@ def data(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.
     return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
 
 
-def model(seed: int = 0) -> nn.Module:
+def model(seed: int = 0, *, dropout: float = 0.0) -> nn.Module:
     torch.manual_seed(seed)  # pyright: ignore[reportUnknownMemberType]
+    if dropout:
+        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 3))
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def learner(bs: int, *, lr: float = 0.5, cbs: list[Callback] | None = None) -> Learner:
+def learner(
+    bs: int,
+    *,
+    lr: float = 0.5,
+    cbs: list[Callback] | None = None,
+    dropout: float = 0.0,
+    valid_bs: int = 8,
+) -> Learner:
     """The tests' learner: ``bs`` samples per batch (per rank), validation batches of 8."""
     train, valid = data()
-    dls = DataLoaders.from_tensors(train, valid, bs=bs, valid_bs=8, shuffle=True, seed=0)
-    return Learner(model(), dls, nn.functional.cross_entropy, lr=lr, cbs=cbs, metrics=[accuracy])
+    dls = DataLoaders.from_tensors(train, valid, bs=bs, valid_bs=valid_bs, shuffle=True, seed=0)
+    loss = nn.functional.cross_entropy
+    return Learner(model(dropout=dropout), dls, loss, lr=lr, cbs=cbs, metrics=[accuracy])
 
 
 def weights(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -205,7 +218,104 @@ def resume(out: Path, rank: int) -> dict[str, Any]:
     return {"weights": weights(learn.model), "values": learn.recorder.values}
 
 
-SCENARIOS: Final = {"train": train, "fail": fail, "resume": resume}
+EXACT_EVERY: Final = 4  # Checkpoint(every_n_steps=...) of the exact scenario
+EXACT_KILL: Final = 10  # its kill: two batches after step 8's checkpoint, inside epoch 1
+EXACT_N_ACC: Final = 24  # 3 batches of 8 a step: step 8's checkpoint is inside a step
+
+
+def exact_learner(bs: int, n_acc: int = EXACT_N_ACC, valid_bs: int = 8) -> Learner:
+    """The exact scenario's learner: dropout, gradient accumulation, MixUp (no Checkpoint)."""
+    cbs: list[Callback] = [GradientAccumulation(n_acc=n_acc), MixUp(0.4)]
+    return learner(bs, lr=0.1, dropout=0.3, cbs=cbs, valid_bs=valid_bs)
+
+
+def exact_fit(
+    learn: Learner,
+    folder: Path,
+    *,
+    rank: int,
+    extra: list[Callback] | None = None,
+    resume: Path | str | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> None:
+    """Seed this rank's random numbers (each its own), then a 3-epoch one-cycle fit with
+    ``checkpoint`` (by default ``Checkpoint(folder, every_n_steps=4)``)."""
+    torch.manual_seed(100 + rank)  # pyright: ignore[reportUnknownMemberType]
+    if checkpoint is None:
+        checkpoint = Checkpoint(folder, every_n_steps=EXACT_EVERY)
+    learn.fit_one_cycle(3, lr_max=0.1, cbs=[checkpoint, *(extra or [])], resume=resume)
+
+
+class KillAfterWrite(Killer):
+    """Kills after training batch ``step`` on every rank; rank 0 first waits until ``latest``
+    names ``expected`` (written by the writer thread), so the resume point is known."""
+
+    def __init__(self, folder: Path, step: int, ckpt: Path, expected: str) -> None:
+        super().__init__(folder, [step], [])
+        self.latest, self.expected = ckpt / "latest", expected
+
+    @override
+    def _kill_once(self, tag: str) -> None:
+        deadline = time.monotonic() + 60
+        while self.learn.rank == 0 and time.monotonic() < deadline:
+            if self.latest.is_file() and self.latest.read_text() == self.expected:
+                break
+            time.sleep(0.01)
+        super()._kill_once(tag)
+
+
+def exact(out: Path, rank: int) -> dict[str, Any]:
+    """Phase ``full``, ``kill`` (SIGKILL after step 10, inside epoch 1) or ``resume``
+    (``resume="latest"``) of a 2-rank fit whose ranks draw different random numbers."""
+    phase = os.environ["PHASE"]
+    folder = out / ("full" if phase == "full" else "ckpt")
+    learn = exact_learner(8)
+    extra: list[Callback] = []
+    if phase == "kill":
+        marks = out / f"marks{rank}"
+        marks.mkdir(exist_ok=True)
+        extra.append(KillAfterWrite(marks, EXACT_KILL, folder, "step-00000008.pt"))
+    exact_fit(learn, folder, rank=rank, extra=extra, resume="latest")
+    return results(learn)
+
+
+class SignalAt(Callback):
+    """Sends this process SIGTERM before training batch ``at`` of epoch 0 (as a scheduler
+    would, at a different moment on each rank)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    @override
+    def begin_batch(self) -> None:
+        if self.training and self.epoch == 0 and self.iter == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def interrupt(out: Path, rank: int) -> dict[str, Any]:
+    """The exact scenario with ``Checkpoint(save_on_interrupt=True, every_epoch=False)``.
+
+    Phase ``both``: SIGTERM on rank 0 at batch 1 and on rank 1 at batch 4 of epoch 0;
+    ``one``: on rank 1 only; ``resume``: the ``both`` fit resumed from ``latest``.
+    """
+    phase = os.environ["PHASE"]
+    folder = out / ("one" if phase == "one" else "both")
+    learn = exact_learner(8)
+    signalled: dict[str, list[int | None]] = {"both": [1, 4], "one": [None, 4]}
+    at = signalled.get(phase, [None, None])[rank]
+    extra: list[Callback] = [] if at is None else [SignalAt(at)]
+    checkpoint = Checkpoint(folder, every_epoch=False, save_on_interrupt=True)
+    exact_fit(learn, folder, rank=rank, extra=extra, resume="latest", checkpoint=checkpoint)
+    return results(learn)
+
+
+SCENARIOS: Final = {
+    "train": train,
+    "fail": fail,
+    "resume": resume,
+    "exact": exact,
+    "interrupt": interrupt,
+}
 
 
 def main() -> None:

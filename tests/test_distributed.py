@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,8 +21,10 @@ import pytest
 import torch
 from torch import nn
 
-from ddp_worker import learner, weights
-from trainbus import DataLoaders, Learner
+from ddp_worker import EXACT_N_ACC, exact_fit, exact_learner, learner, weights
+from resume_driver import assert_identical
+from trainbus import CheckpointError, DataLoaders, Learner
+from trainbus._checkpoint import FORMAT_VERSION
 from trainbus._sharding import ShardedBatches, ShardedTensorBatches, shard_dataloaders
 from trainbus.callbacks import (
     CSVLogger,
@@ -245,6 +248,116 @@ def test_resume_under_two_ranks_after_a_kill_matches_the_uninterrupted_run(
             assert torch.equal(resumed[rank]["weights"][key], value), (rank, key)
         assert resumed[rank]["values"] == full[rank]["values"]
     assert resumed[0]["values"] == resumed[1]["values"]
+
+
+@pytest.fixture(scope="module")
+def exact_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any], list[Any]]:
+    """The exact scenario: uninterrupted, killed after step 10 (step 8's checkpoint is
+    inside epoch 1 and inside a step of gradient accumulation), resumed from ``latest``."""
+    out = tmp_path_factory.mktemp("ddp-exact")
+    full = launch("exact", out, phase="full")
+    launch("exact", out, phase="kill", killed=True)
+    ckpt = out / "ckpt"
+    (ckpt / "killed").write_text((ckpt / "latest").read_text())  # where the resume starts
+    return out, full, launch("exact", out, phase="resume")
+
+
+@pytest.mark.slow
+def test_a_mid_epoch_resume_on_two_ranks_is_exact_on_each(
+    exact_runs: tuple[Path, list[Any], list[Any]],
+) -> None:
+    out, full, resumed = exact_runs
+    assert (out / "ckpt" / "killed").read_text() == "step-00000008.pt"
+    for rank in range(2):
+        assert_identical(full[rank], resumed[rank])
+    # The ranks drew different random numbers: their own batch losses differ.
+    assert not torch.equal(full[0]["losses"], full[1]["losses"])
+    assert torch.equal(full[0]["values"], full[1]["values"])  # reduced once an epoch
+
+
+@pytest.mark.slow
+def test_a_checkpoint_on_two_ranks_holds_each_ranks_own_state(
+    exact_runs: tuple[Path, list[Any], list[Any]],
+) -> None:
+    out, _, _ = exact_runs
+    ckpt = torch.load(out / "full" / "step-00000016.pt", weights_only=True)
+    assert ckpt["trainbus_checkpoint"] == FORMAT_VERSION
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
+    r0, r1 = ckpt["ranks"]
+    assert ckpt["train"] is r0  # stored once
+    assert r0["loop"] == r1["loop"]
+    assert r0["loop"]["phase"] == "train" and r0["loop"]["iter"] == 3  # inside epoch 2
+    # Inside a step of accumulation: each rank's own, unsynchronised gradients.
+    assert r0["callbacks"]["GradientAccumulation"] == {"count": 8}
+    assert r0["grads"].keys() == r1["grads"].keys() and r0["grads"]
+    for name, grad in r0["grads"].items():
+        assert not torch.equal(grad, r1["grads"][name]), name
+    assert not torch.equal(r0["rng"]["torch"], r1["rng"]["torch"])
+    assert not torch.equal(
+        r0["callbacks"]["Recorder"]["losses"], r1["callbacks"]["Recorder"]["losses"]
+    )
+
+
+@pytest.mark.slow
+def test_a_mid_epoch_checkpoint_of_two_ranks_does_not_resume_on_one(
+    exact_runs: tuple[Path, list[Any], list[Any]], tmp_path: Path
+) -> None:
+    out, _, _ = exact_runs
+    path = out / "full" / "step-00000016.pt"
+    learn = exact_learner(16, n_acc=2 * EXACT_N_ACC, valid_bs=16)
+    before = weights(learn.model)
+    message = (
+        f"{path} was written inside an epoch by a fit on 2 processes; this fit runs on 1: a "
+        "mid-epoch checkpoint resumes only on as many processes"
+    )
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        exact_fit(learn, tmp_path, rank=0, resume=path)
+    for key, value in weights(learn.model).items():  # nothing changed
+        assert torch.equal(before[key], value), key
+    assert learn.recorder.values == []
+
+
+@pytest.mark.slow
+def test_an_epoch_checkpoint_of_two_ranks_resumes_on_one(
+    exact_runs: tuple[Path, list[Any], list[Any]], tmp_path: Path
+) -> None:
+    out, full, _ = exact_runs
+    path = out / "full" / "epoch-0001.pt"
+    # Twice the batches on one process: as many batches an epoch as each rank had.
+    learn = exact_learner(16, n_acc=2 * EXACT_N_ACC, valid_bs=16)
+    exact_fit(learn, tmp_path, rank=0, resume=path)
+    values = torch.tensor(learn.recorder.values, dtype=torch.float64)
+    assert torch.equal(values[:2], full[0]["values"][:2])  # epochs 0 and 1, from the file
+    assert values.shape == (3, 3) and bool(values.isfinite().all())  # epoch 2 trained here
+    # The same batch size would give this process twice the batches: named as the cause.
+    halves = exact_learner(8, valid_bs=16)
+    with pytest.raises(
+        CheckpointError, match="written by a fit on 2 processes, this fit runs on 1"
+    ):
+        exact_fit(halves, tmp_path, rank=0, resume=path)
+
+
+@pytest.mark.slow
+def test_interrupts_on_two_ranks_save_at_the_epoch_end_then_end_the_fit(
+    exact_runs: tuple[Path, list[Any], list[Any]], tmp_path: Path
+) -> None:
+    _, full, _ = exact_runs
+    # SIGTERM at different batches on the two ranks: one all-reduce at the epoch's end
+    # agrees to save; then each process ends by its signal.
+    launch("interrupt", tmp_path, phase="both", killed=True)
+    for rank in range(2):
+        assert "Terminated" not in (tmp_path / f"outboth{rank}.txt").read_text()
+    assert (tmp_path / "both" / "latest").read_text() == "epoch-0000.pt"
+    resumed = launch("interrupt", tmp_path, phase="resume")
+    for rank in range(2):
+        assert_identical(full[rank], resumed[rank])
+    # On rank 1 only: both ranks save, rank 1 ends by its signal, rank 0 with an error
+    # naming it at its next collective (never a hang).
+    launch("interrupt", tmp_path, phase="one", killed=True)
+    assert (tmp_path / "one" / "latest").read_text() == "epoch-0000.pt"
+    log0 = (tmp_path / "outone0.txt").read_text()
+    cause = "RankFailedError: rank 1 of 2 failed: ended by SIGTERM after its checkpoint"
+    assert cause in log0, log0
 
 
 # ------------------------------------------------------------- in one process

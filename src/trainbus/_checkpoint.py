@@ -6,7 +6,8 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and read with
     {"trainbus_checkpoint": FORMAT_VERSION,
      "model": model.state_dict(),            # of the unwrapped module (no torch.compile prefix)
      "opt": opt.state_dict(), "opt_type": "torch.optim.sgd.SGD",   # unless with_opt=False
-     "train": {...}}                         # training checkpoints only (see _resume.py)
+     "train": {...},                         # training checkpoints only (see _resume.py)
+     "world_size": 2, "ranks": [{...}, ...]} # and on many processes, every rank's entry
 
 Everything is checked before anything is changed, and every error names the file.
 """
@@ -50,7 +51,9 @@ __all__ = [
 ]
 
 FORMAT_KEY: Final = "trainbus_checkpoint"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+"""2: the per-rank entries of a fit on many processes (a reader of 1 would resume every
+rank from rank 0's). Files of version 1 read as written by one process."""
 
 PathLike = str | os.PathLike[str]
 

@@ -27,8 +27,11 @@ __all__ = [
     "ENV_TIMEOUT",
     "Distributed",
     "RankFailedError",
+    "announce_failure",
+    "any_rank",
     "detect",
     "from_rank_zero",
+    "gathered",
     "is_rank_zero",
     "reduced_row",
 ]
@@ -73,7 +76,7 @@ def from_rank_zero(compute: Callable[[], T]) -> T:
     rank must call it. When ``compute`` raises on rank 0, rank 0 raises that error and
     the others a :class:`RankFailedError` naming it.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _grouped():
         return compute()
     box: list[object] = [None]
     failure: BaseException | None = None
@@ -90,6 +93,45 @@ def from_rank_zero(compute: Callable[[], T]) -> T:
     if not ok:
         raise RankFailedError(f"rank 0 of {dist.get_world_size()} failed: {value}", 0)
     return cast("T", value)
+
+
+def _grouped() -> bool:
+    """Whether there is a default process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gathered(value: T) -> list[T] | None:
+    """Every rank's ``value``, by rank, on rank 0 (``None`` on the others); ``[value]`` on
+    one process.
+
+    A collective (``gather_object``): every rank must call it at the same point. The
+    values travel pickled, so give plain data with CPU tensors; rank 0's own is not copied.
+    """
+    if not _grouped():
+        return [value]
+    rank, size = dist.get_rank(), dist.get_world_size()
+    # Rank 0 sends nothing: its own value is put in place as it is.
+    sent: object = None if rank == 0 else value
+    received: list[object] | None = None
+    if rank == 0:
+        received = [None for _ in range(size)]
+    dist.gather_object(sent, received, dst=0)
+    if received is None:
+        return None
+    received[0] = value
+    return cast("list[T]", received)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank: one all-reduce (just ``flag`` on one process).
+
+    A collective: every rank must call it at the same point.
+    """
+    if not _grouped():
+        return flag
+    total = torch.tensor([int(flag)], device=_collective_device())
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)  # pyright: ignore[reportUnknownMemberType]
+    return bool(total.item())
 
 
 def is_rank_zero() -> bool:
@@ -187,12 +229,19 @@ class Distributed:
                 break
             time.sleep(0.05)
         error.add_note(f"trainbus: raised on rank {self.rank} of {self.world_size}")
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.set(_FAILED_KEY + str(self.rank), f"{type(error).__name__}: {error}")
+        announce_failure(f"{type(error).__name__}: {error}")
         if self.owns_group:
             _destroy_group()
         return None
+
+
+def announce_failure(cause: str) -> None:
+    """Publish in the group's store that this rank ends because of ``cause``: the other
+    ranks, whose next collective then fails, raise a :class:`RankFailedError` naming it."""
+    store = _default_store()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.set(_FAILED_KEY + str(dist.get_rank()), cause)
 
 
 def _is_collective_error(error: BaseException) -> bool:

@@ -15,9 +15,10 @@ from typing_extensions import override
 from .._callback import Callback
 from .._checkpoint import CheckpointError, checkpoint_dict, serialized, write_checkpoint
 from .._checks import checked_int
+from .._distributed import announce_failure, any_rank
 from .._files import BackgroundWriter, atomic_write, is_temporary
 from .._hooks import SubscriberClasses
-from .._resume import PHASE_START, Phase, phase_start, training_state
+from .._resume import PHASE_START, Phase, phase_start, training_entries
 from ._core import Recorder, TrainEvalCallback
 
 __all__ = ["Checkpoint"]
@@ -51,14 +52,22 @@ class Checkpoint(Callback):
     did with the batch or epoch. A callback that stops the fit in ``after_epoch``
     (early stopping) runs before it: that epoch is not saved, and a resumed fit repeats it.
 
+    On many processes it runs on every rank (``rank_zero_only`` is ``False``): at each
+    checkpoint every rank sends its own training state (random states, gradients,
+    callbacks' state, data position) to rank 0, which alone writes the file, and each
+    rank resumes from its own. A signal is acted on at the next checkpoint every rank
+    writes (``every_n_steps`` or the epoch's end), not at the next batch (see
+    docs/distributed.md).
+
     Args:
         dir: Folder of the checkpoints (created if missing).
         every_n_steps: Also save after every this many training batches (``train_iter``).
         every_epoch: Save at the end of every epoch.
         keep_last: How many checkpoints of this fit to keep.
         save_on_interrupt: On SIGTERM or SIGINT (Ctrl-C) during the fit, save at the next
-            batch boundary, then let the signal act as it would have (the previous
-            handlers are restored; main thread only). A second signal acts at once.
+            batch boundary (on many processes: the next ``every_n_steps`` step or epoch
+            end), then let the signal act as it would have (the previous handlers are
+            restored; main thread only). A second signal acts at once.
 
     Attributes:
         written: File names of the checkpoints of this fit still kept, oldest first.
@@ -67,7 +76,7 @@ class Checkpoint(Callback):
     run_after: ClassVar[SubscriberClasses] = (TrainEvalCallback, Recorder)
     order: ClassVar[int] = 1000
     run_in_auxiliary: ClassVar[bool] = False
-    rank_zero_only: ClassVar[bool] = True
+    rank_zero_only: ClassVar[bool] = False  # every rank sends its state; rank 0 writes
 
     def __init__(
         self,
@@ -93,6 +102,7 @@ class Checkpoint(Callback):
         self._unremoved: list[str] = []
         self._fields: dict[str, Any] = {}
         self._signal: int | None = None
+        self._many = False  # whether the fit runs on many processes
         self._previous: dict[int, _SignalHandler] = {}
         self._writer = BackgroundWriter()
 
@@ -114,10 +124,12 @@ class Checkpoint(Callback):
 
     @override
     def begin_fit(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for path in self.dir.iterdir():  # left by a process killed while writing
-            if any(is_temporary(path, stem) for stem in _STEMS):
-                path.unlink(missing_ok=True)
+        if self.learn.rank == 0:  # the writer
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for path in self.dir.iterdir():  # left by a process killed while writing
+                if any(is_temporary(path, stem) for stem in _STEMS):
+                    path.unlink(missing_ok=True)
+        self._many = self.learn.distributed.active
         self.written = []
         self._dropping = []
         self._unremoved = []
@@ -141,18 +153,23 @@ class Checkpoint(Callback):
     @override
     def after_batch(self) -> None:
         values = self._fields
-        if self._signal is not None:
+        if self._signal is not None and not self._many:
             self._save("train" if values["training"] else "valid")
             self._redeliver(resume_watching=True)
             return
         every = self.every_n_steps
         if every is not None and values["training"] and values["train_iter"] % every == 0:
-            self._save("train")
+            self._save("train")  # on every rank at once: a signal waits for such a boundary
+            if self._signal is not None:
+                self._redeliver(resume_watching=True)
 
     @override
     def after_epoch(self) -> None:
         interrupted = self._signal is not None
-        if self.every_epoch or interrupted:
+        save = self.every_epoch or interrupted
+        if self._many and self.save_on_interrupt and not self.every_epoch:
+            save = any_rank(interrupted)  # one all-reduce an epoch: all ranks save, or none
+        if save:
             self._save("end")
         if interrupted:
             self._redeliver(resume_watching=True)
@@ -197,13 +214,16 @@ class Checkpoint(Callback):
         # The file records the list it belongs to and the files its write removes.
         self.written, self._dropping = kept, dropped
         try:
-            train = training_state(self.learn, phase)
-            data = serialized(checkpoint_dict(self.learn, with_opt=True, train=train))
+            entries = training_entries(self.learn, phase)  # every rank's, on rank 0 only
+            data: bytes | None = None
+            if entries is not None:
+                data = serialized({**checkpoint_dict(self.learn, with_opt=True), **entries})
         except BaseException:
             self.written = previous
             raise
         self._unremoved = []
-        self._writer.submit(functools.partial(self._write, data, name, dropped))
+        if data is not None:  # rank 0 writes
+            self._writer.submit(functools.partial(self._write, data, name, dropped))
 
     def _write(self, data: bytes, name: str, dropped: list[str]) -> None:
         """The file, then ``latest`` naming it, then the files beyond ``keep_last`` removed."""
@@ -244,6 +264,8 @@ class Checkpoint(Callback):
             return
         self._uninstall()
         self._writer.wait()  # the checkpoint is on disk before the signal acts
+        if self._many and signal.getsignal(signum) is signal.SIG_DFL:  # the process ends now
+            announce_failure(f"ended by {signal.Signals(signum).name} after its checkpoint")
         signal.raise_signal(signum)  # ends the fit, unless the handler returns (SIG_IGN, ...)
         if resume_watching:
             self._install()
