@@ -298,13 +298,18 @@ def test_a_checkpoint_on_two_ranks_holds_each_ranks_own_state(
     )
 
 
+def on_one_process() -> Learner:
+    """The exact scenario on one process, with as many batches an epoch as each rank had."""
+    return exact_learner(16, n_acc=2 * EXACT_N_ACC, valid_bs=16)
+
+
 @pytest.mark.slow
 def test_a_mid_epoch_checkpoint_of_two_ranks_does_not_resume_on_one(
     exact_runs: tuple[Path, list[Any], list[Any]], tmp_path: Path
 ) -> None:
     out, _, _ = exact_runs
     path = out / "full" / "step-00000016.pt"
-    learn = exact_learner(16, n_acc=2 * EXACT_N_ACC, valid_bs=16)
+    learn = on_one_process()
     before = weights(learn.model)
     message = (
         f"{path} was written inside an epoch by a fit on 2 processes; this fit runs on 1: a "
@@ -323,8 +328,7 @@ def test_an_epoch_checkpoint_of_two_ranks_resumes_on_one(
 ) -> None:
     out, full, _ = exact_runs
     path = out / "full" / "epoch-0001.pt"
-    # Twice the batches on one process: as many batches an epoch as each rank had.
-    learn = exact_learner(16, n_acc=2 * EXACT_N_ACC, valid_bs=16)
+    learn = on_one_process()
     exact_fit(learn, tmp_path, rank=0, resume=path)
     values = torch.tensor(learn.recorder.values, dtype=torch.float64)
     assert torch.equal(values[:2], full[0]["values"][:2])  # epochs 0 and 1, from the file
