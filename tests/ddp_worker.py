@@ -7,11 +7,13 @@ to ``OUT_DIR/rank<R>.pt``. Not collected by pytest (no ``test_`` prefix).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,10 +66,17 @@ def learner(
     cbs: list[Callback] | None = None,
     dropout: float = 0.0,
     valid_bs: int = 8,
+    torch_loaders: bool = False,
 ) -> Learner:
-    """The tests' learner: ``bs`` samples per batch (per rank), validation batches of 8."""
+    """The tests' learner: ``bs`` samples per batch (per rank), validation batches of 8;
+    shuffled ``from_tensors`` data, or torch ``DataLoader`` s with ``torch_loaders``."""
     train, valid = data()
     dls = DataLoaders.from_tensors(train, valid, bs=bs, valid_bs=valid_bs, shuffle=True, seed=0)
+    if torch_loaders:
+        dls = DataLoaders(
+            DataLoader(TensorDataset(*train), batch_size=bs, shuffle=True),
+            DataLoader(TensorDataset(*valid), batch_size=valid_bs),
+        )
     loss = nn.functional.cross_entropy
     return Learner(model(dropout=dropout), dls, loss, lr=lr, cbs=cbs, metrics=[accuracy])
 
@@ -223,10 +232,12 @@ EXACT_KILL: Final = 10  # its kill: two batches after step 8's checkpoint, insid
 EXACT_N_ACC: Final = 24  # 3 batches of 8 a step: step 8's checkpoint is inside a step
 
 
-def exact_learner(bs: int, n_acc: int = EXACT_N_ACC, valid_bs: int = 8) -> Learner:
+def exact_learner(
+    bs: int, n_acc: int = EXACT_N_ACC, valid_bs: int = 8, *, torch_loaders: bool = False
+) -> Learner:
     """The exact scenario's learner: dropout, gradient accumulation, MixUp (no Checkpoint)."""
     cbs: list[Callback] = [GradientAccumulation(n_acc=n_acc), MixUp(0.4)]
-    return learner(bs, lr=0.1, dropout=0.3, cbs=cbs, valid_bs=valid_bs)
+    return learner(bs, lr=0.1, dropout=0.3, cbs=cbs, valid_bs=valid_bs, torch_loaders=torch_loaders)
 
 
 def exact_fit(
@@ -264,12 +275,12 @@ class KillAfterWrite(Killer):
         super()._kill_once(tag)
 
 
-def exact(out: Path, rank: int) -> dict[str, Any]:
+def exact(out: Path, rank: int, *, torch_loaders: bool = False) -> dict[str, Any]:
     """Phase ``full``, ``kill`` (SIGKILL after step 10, inside epoch 1) or ``resume``
     (``resume="latest"``) of a 2-rank fit whose ranks draw different random numbers."""
     phase = os.environ["PHASE"]
     folder = out / ("full" if phase == "full" else "ckpt")
-    learn = exact_learner(8)
+    learn = exact_learner(8, torch_loaders=torch_loaders)
     extra: list[Callback] = []
     if phase == "kill":
         marks = out / f"marks{rank}"
@@ -309,11 +320,13 @@ def interrupt(out: Path, rank: int) -> dict[str, Any]:
     return results(learn)
 
 
-SCENARIOS: Final = {
+Scenario = Callable[[Path, int], dict[str, Any]]
+SCENARIOS: Final[dict[str, Scenario]] = {
     "train": train,
     "fail": fail,
     "resume": resume,
     "exact": exact,
+    "exact_loaders": functools.partial(exact, torch_loaders=True),
     "interrupt": interrupt,
 }
 

@@ -276,6 +276,17 @@ def test_a_mid_epoch_resume_on_two_ranks_is_exact_on_each(
 
 
 @pytest.mark.slow
+def test_a_mid_epoch_resume_on_two_ranks_is_exact_with_torch_loaders(tmp_path: Path) -> None:
+    # DataLoader(shuffle=True), re-made on a DistributedSampler: skipped ahead by index.
+    full = launch("exact_loaders", tmp_path, phase="full")
+    launch("exact_loaders", tmp_path, phase="kill", killed=True)
+    assert (tmp_path / "ckpt" / "latest").read_text() == "step-00000008.pt"
+    resumed = launch("exact_loaders", tmp_path, phase="resume")
+    for rank in range(2):
+        assert_identical(full[rank], resumed[rank])
+
+
+@pytest.mark.slow
 def test_a_checkpoint_on_two_ranks_holds_each_ranks_own_state(
     exact_runs: tuple[Path, list[Any], list[Any]],
 ) -> None:
