@@ -21,12 +21,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_learner
 from ddp_worker import EXACT_N_ACC, exact_fit, exact_learner, learner, weights
 from resume_driver import assert_identical
 from trainbus import CheckpointError, DataLoaders, Learner
 from trainbus._checkpoint import FORMAT_VERSION
+from trainbus._distributed import any_rank, gathered
 from trainbus._sharding import ShardedBatches, ShardedTensorBatches, shard_dataloaders
 from trainbus.callbacks import (
+    Checkpoint,
     CSVLogger,
     EarlyStoppingCallback,
     GradientAccumulation,
@@ -455,3 +458,54 @@ def test_learner_is_unchanged_without_a_group() -> None:
     model = nn.Linear(2, 1)
     learn = Learner(model, DataLoaders([(torch.zeros(1, 2), torch.zeros(1, 1))]), nn.MSELoss())
     assert learn.model is model and learn.rank == 0
+
+
+def written_checkpoint(tmp_path: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """A 2-epoch fit of the tiny learner with Checkpoint(every_n_steps=2): file ``name``."""
+    tiny_learner().fit(2, cbs=[Checkpoint(tmp_path / "run", every_n_steps=2, keep_last=9)])
+    path = tmp_path / "run" / name
+    return path, torch.load(path, weights_only=True)
+
+
+def test_one_process_checkpoints_hold_one_entry_and_version_1_files_resume(
+    tmp_path: Path,
+) -> None:
+    path, ckpt = written_checkpoint(tmp_path, "step-00000002.pt")  # inside epoch 0
+    assert ckpt["trainbus_checkpoint"] == FORMAT_VERSION == 2
+    assert "world_size" not in ckpt and "ranks" not in ckpt  # one process: "train" only
+    ckpt["trainbus_checkpoint"] = 1  # written before the per-rank entries: one process's
+    torch.save(ckpt, path)
+    learn = tiny_learner()
+    learn.fit(2, cbs=[Checkpoint(tmp_path / "again")], resume=path)
+    assert len(learn.recorder.values) == 2
+
+
+def test_a_file_of_two_ranks_resumes_on_one_from_an_epoch_end_only(tmp_path: Path) -> None:
+    for name in ("epoch-0000.pt", "step-00000004.pt"):
+        path, ckpt = written_checkpoint(tmp_path, name)
+        ckpt["world_size"], ckpt["ranks"] = 2, [ckpt["train"], ckpt["train"]]
+        torch.save(ckpt, path)
+        learn = tiny_learner()
+        if name.startswith("epoch"):
+            learn.fit(2, cbs=[Checkpoint(tmp_path / "again")], resume=path)
+            assert len(learn.recorder.values) == 2
+            continue
+        message = f"{path} was written inside an epoch by a fit on 2 processes; this fit runs on 1"
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            learn.fit(2, cbs=[Checkpoint(tmp_path / "again")], resume=path)
+        assert learn.recorder.values == []
+
+
+@pytest.mark.parametrize(
+    "change", [{"world_size": 2}, {"ranks": []}, {"world_size": True}, {"ranks": [1]}]
+)
+def test_malformed_per_rank_entries_are_named(tmp_path: Path, change: dict[str, Any]) -> None:
+    path, ckpt = written_checkpoint(tmp_path, "epoch-0001.pt")
+    torch.save({**ckpt, **change}, path)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} has malformed per-rank"):
+        tiny_learner().fit(2, resume=path)
+
+
+def test_gathers_and_flags_on_one_process_need_no_group() -> None:
+    assert gathered({"a": 1}) == [{"a": 1}]
+    assert any_rank(True) and not any_rank(False)

@@ -40,8 +40,9 @@ class Callback(Subscriber, StateView):
     checkpoint or step a schedule; they are put back in their places when it ends."""
     rank_zero_only: ClassVar[bool] = False
     """Whether this callback runs on rank 0 only when training on many processes
-    (progress bars, loggers, checkpoint writers): on other ranks it hears no event of a
-    fit, though it stays registered."""
+    (progress bars, loggers, the best-model saver): on other ranks it hears no event of a
+    fit, though it stays registered, and a resumed fit does not restore its state there.
+    (``Checkpoint`` runs on every rank: each sends its state; rank 0 writes.)"""
 
     _learner: Learner | None = None
 
