@@ -11,10 +11,8 @@ Its ``"train"`` entry holds::
     data       batches per epoch, the loaders' generator states, a stateful loader's own
                state, and for a mid-phase checkpoint the phase start (see PhaseStart)
 
-On many processes every rank's own entry is kept (random states, gradients under
-accumulation, callbacks' state and data position differ from rank to rank): the file adds
-``"world_size"`` and ``"ranks"``, every rank's entry by rank (``ranks[0]`` is ``train``),
-and each rank resumes from its own.
+On many processes the file holds every rank's own entry, and each rank resumes from its
+own (see :mod:`trainbus._ranks`).
 
 A fit resumed from it runs ``begin_fit`` (and, mid-phase, ``begin_epoch`` and
 ``begin_train``/``begin_validate``) as usual, then restores all of that and goes on with
@@ -28,7 +26,7 @@ import random
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 import torch
@@ -39,25 +37,18 @@ from ._checkpoint import (
     PathLike,
     check_model,
     check_optimizer,
-    cpu_copy,
     load_weights,
     read_checkpoint,
     unwrap_model,
 )
-from ._distributed import from_rank_zero, gathered
+from ._distributed import from_rank_zero
+from ._ranks import processes, rank_entry
 from ._state import FieldName, StateKey
 
 if TYPE_CHECKING:
     from ._learner import Learner
 
-__all__ = [
-    "PHASE_START",
-    "Phase",
-    "PhaseStart",
-    "ResumePlan",
-    "training_entries",
-    "training_state",
-]
+__all__ = ["PHASE_START", "Phase", "PhaseStart", "ResumePlan", "training_state"]
 
 Phase = Literal["train", "valid", "end"]
 
@@ -257,56 +248,6 @@ def training_state(learn: Learner, phase: Phase) -> dict[str, Any]:
     }
 
 
-def training_entries(learn: Learner, phase: Phase) -> dict[str, Any] | None:
-    """The training entries of a checkpoint written now (see :func:`training_state`).
-
-    On one process ``{"train": ...}``. On many, a collective (every rank calls it at the
-    same boundary): rank 0 gets ``{"train": its entry, "world_size": n, "ranks": every
-    rank's entry}``, the other ranks ``None`` (they send theirs to rank 0).
-    """
-    own = training_state(learn, phase)
-    if not learn.distributed.active:
-        return {"train": own}
-    entries = gathered(own if learn.rank == 0 else cpu_copy(own))
-    if entries is None:
-        return None
-    return {"train": own, "world_size": len(entries), "ranks": entries}
-
-
-def _processes(n: int) -> str:
-    return f"{n} process" if n == 1 else f"{n} processes"
-
-
-def _rank_entry(path: Path, ckpt: dict[str, Any], learn: Learner) -> dict[str, Any]:
-    """The entry this rank resumes from: its own; with another number of processes, only
-    from an epoch's end (then its own if the file has it, rank 0's otherwise).
-
-    Raises:
-        CheckpointError: The file's ranks are malformed, or it was written inside an
-            epoch by another number of processes.
-    """
-    train: dict[str, Any] = ckpt["train"]
-    saved: object = ckpt.get("world_size", 1)
-    ranks: object = ckpt.get("ranks", [train])
-    if (
-        isinstance(saved, bool)
-        or not isinstance(saved, int)
-        or not isinstance(ranks, list)
-        or len(cast("list[object]", ranks)) != saved
-        or not all(isinstance(entry, dict) for entry in cast("list[object]", ranks))
-    ):
-        raise CheckpointError(f"{path} has malformed per-rank entries (world size {saved!r})")
-    entries = cast("list[dict[str, Any]]", ranks)
-    size, rank = learn.world_size, learn.rank
-    if saved != size and train["loop"]["phase"] != "end":
-        raise CheckpointError(
-            f"{path} was written inside an epoch by a fit on {_processes(saved)}; this fit "
-            f"runs on {size}: a mid-epoch checkpoint resumes only on as many processes "
-            "(resume from an epoch's checkpoint, epoch-<n>.pt, to change their number)"
-        )
-    return entries[rank] if rank < saved else train
-
-
 @final
 class ResumePlan:
     """A checked training checkpoint, and where the fit resuming from it stands.
@@ -369,7 +310,7 @@ class ResumePlan:
                 f"{path} holds weights only (written by learn.save): a fit resumes from a "
                 "checkpoint written by the Checkpoint callback; use learn.load for weights"
             )
-        own = _rank_entry(path, ckpt, learn)
+        own = rank_entry(path, ckpt, learn)
         check_model(path, ckpt["model"], learn.model, strict=True)
         check_optimizer(path, ckpt, learn.opt)
         plan = cls(path, ckpt, own)
@@ -427,7 +368,7 @@ class ResumePlan:
         if saved == learn.world_size:
             return ""
         return (
-            f" (the file was written by a fit on {_processes(saved)}, this fit runs on "
+            f" (the file was written by a fit on {processes(saved)}, this fit runs on "
             f"{learn.world_size}: each process's share of the data changed)"
         )
 

@@ -18,7 +18,8 @@ from .._checks import checked_int
 from .._distributed import announce_failure, any_rank
 from .._files import BackgroundWriter, atomic_write, is_temporary
 from .._hooks import SubscriberClasses
-from .._resume import PHASE_START, Phase, phase_start, training_entries
+from .._ranks import training_entries
+from .._resume import PHASE_START, Phase, phase_start, training_state
 from ._core import Recorder, TrainEvalCallback
 
 __all__ = ["Checkpoint"]
@@ -214,7 +215,8 @@ class Checkpoint(Callback):
         # The file records the list it belongs to and the files its write removes.
         self.written, self._dropping = kept, dropped
         try:
-            entries = training_entries(self.learn, phase)  # every rank's, on rank 0 only
+            own = training_state(self.learn, phase)
+            entries = training_entries(self.learn, own)  # every rank's, on rank 0 only
             data: bytes | None = None
             if entries is not None:
                 data = serialized({**checkpoint_dict(self.learn, with_opt=True), **entries})
