@@ -24,7 +24,7 @@ from torch import nn
 from conftest import tiny_learner
 from ddp_worker import EXACT_N_ACC, exact_fit, exact_learner, learner, weights
 from resume_driver import assert_identical
-from trainbus import CheckpointError, DataLoaders, Learner
+from trainbus import CheckpointError, DataLoaders, Learner, read_checkpoint
 from trainbus._checkpoint import FORMAT_VERSION
 from trainbus._distributed import any_rank, gathered
 from trainbus._sharding import ShardedBatches, ShardedTensorBatches, shard_dataloaders
@@ -294,7 +294,7 @@ def test_a_checkpoint_on_two_ranks_holds_each_ranks_own_state(
     exact_runs: tuple[Path, list[Any], list[Any]],
 ) -> None:
     out, _, _ = exact_runs
-    ckpt = torch.load(out / "full" / "step-00000016.pt", weights_only=True)
+    ckpt = read_checkpoint(out / "full" / "step-00000016.pt")
     assert ckpt["trainbus_checkpoint"] == FORMAT_VERSION
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
     r0, r1 = ckpt["ranks"]

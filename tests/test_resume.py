@@ -16,7 +16,7 @@ import torch
 from typing_extensions import override
 
 from resume_driver import EVERY, Kind, assert_identical, fit, make_learner, reference, results
-from trainbus import Callback, CheckpointError, Learner
+from trainbus import Callback, CheckpointError, Learner, read_checkpoint
 from trainbus.callbacks import Checkpoint, EarlyStoppingCallback
 
 
@@ -84,7 +84,7 @@ def test_checkpoint_files_latest_and_rotation(tmp_path: Path) -> None:
     assert names == ["epoch-0000.pt", "epoch-0001.pt", "latest", "step-00000020.pt"]
     assert (tmp_path / "latest").read_text() == "epoch-0001.pt"
     assert checkpoint.latest == tmp_path / "epoch-0001.pt"
-    ckpt = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
+    ckpt = read_checkpoint(tmp_path / "epoch-0001.pt")
     assert ckpt["train"]["loop"] == {
         "n_epoch": 2,
         "epoch": 1,

@@ -7,7 +7,7 @@ their declared dependencies, and cancel stages with typed signals.
 
 from ._bus import EventBus, Handler
 from ._callback import Callback
-from ._checkpoint import CheckpointError
+from ._checkpoint import CheckpointError, read_checkpoint
 from ._data import BatchSource, DataLoaders, TensorBatches
 from ._distributed import Distributed, RankFailedError
 from ._events import Event, Stage
@@ -63,4 +63,5 @@ __all__ = [
     "UnsetFieldError",
     "__version__",
     "event",
+    "read_checkpoint",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import threading
@@ -44,8 +45,14 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def atomic_save(obj: object, target: Path) -> None:
-    """``torch.save(obj, target)`` through :func:`atomic_write`."""
-    atomic_write(target, lambda file: torch.save(obj, file))
+    """``torch.save(obj, target)`` through :func:`atomic_write`.
+
+    Serialized in memory, then written in one call: ``torch.save`` into a Python file
+    object goes through a Python callback per record, twice the CPU time.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(target, lambda file: file.write(buffer.getbuffer()))
 
 
 def is_temporary(path: Path, stem: str) -> bool:

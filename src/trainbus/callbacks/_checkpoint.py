@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Final
 from typing_extensions import override
 
 from .._callback import Callback
-from .._checkpoint import CheckpointError, checkpoint_dict, serialized, write_checkpoint
+from .._checkpoint import CheckpointError, checkpoint_dict, packed_checkpoint, write_checkpoint
 from .._checks import checked_int
 from .._distributed import announce_failure, any_rank
 from .._files import BackgroundWriter, atomic_write, is_temporary
@@ -45,9 +45,10 @@ class Checkpoint(Callback):
     only), and ``latest``, a text file naming the newest. Each is written to a temporary
     file, fsynced and renamed, and ``latest`` is updated (the same way) after it, so a
     crash leaves the previous checkpoint and ``latest`` intact; then the oldest files
-    beyond ``keep_last`` are removed. The state is serialized at the batch boundary (one
-    copy of it) and written by a background thread while training goes on; an epoch's
-    checkpoints are on disk before the next epoch begins, and the fit's before it returns.
+    beyond ``keep_last`` are removed. The state is copied at the batch boundary (one copy
+    of it, packed into a few flat tensors) and saved by a background thread while training
+    goes on; an epoch's checkpoints are on disk before the next epoch begins, and the fit's
+    before it returns.
 
     It runs last in every event (``order = 1000``), so it saves what the other callbacks
     did with the batch or epoch. A callback that stops the fit in ``after_epoch``
@@ -206,7 +207,7 @@ class Checkpoint(Callback):
         return f"epoch-{values['epoch']:04d}.pt"
 
     def _save(self, phase: Phase) -> None:
-        """Serialize the state now (one copy of it); write it on the writer thread meanwhile."""
+        """Copy the state now (packed: one copy of it); save it on the writer thread meanwhile."""
         self._writer.wait()  # one write at a time; a failed one is raised here
         name = self._file_name(phase)
         previous = self.written
@@ -217,19 +218,20 @@ class Checkpoint(Callback):
         try:
             own = training_state(self.learn, phase)
             entries = training_entries(self.learn, own)  # every rank's, on rank 0 only
-            data: bytes | None = None
+            state: dict[str, Any] | None = None
             if entries is not None:
-                data = serialized({**checkpoint_dict(self.learn, with_opt=True), **entries})
+                ckpt = {**checkpoint_dict(self.learn, with_opt=True), **entries}
+                state = packed_checkpoint(ckpt)
         except BaseException:
             self.written = previous
             raise
         self._unremoved = []
-        if data is not None:  # rank 0 writes
-            self._writer.submit(functools.partial(self._write, data, name, dropped))
+        if state is not None:  # rank 0 writes
+            self._writer.submit(functools.partial(self._write, state, name, dropped))
 
-    def _write(self, data: bytes, name: str, dropped: list[str]) -> None:
+    def _write(self, state: dict[str, Any], name: str, dropped: list[str]) -> None:
         """The file, then ``latest`` naming it, then the files beyond ``keep_last`` removed."""
-        write_checkpoint(data, self.dir / name)
+        write_checkpoint(state, self.dir / name)
         atomic_write(self.dir / _LATEST, lambda file: file.write(name.encode()))
         for old in dropped:
             (self.dir / old).unlink(missing_ok=True)
