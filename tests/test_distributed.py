@@ -464,7 +464,7 @@ def written_checkpoint(tmp_path: Path, name: str) -> tuple[Path, dict[str, Any]]
     """A 2-epoch fit of the tiny learner with Checkpoint(every_n_steps=2): file ``name``."""
     tiny_learner().fit(2, cbs=[Checkpoint(tmp_path / "run", every_n_steps=2, keep_last=9)])
     path = tmp_path / "run" / name
-    return path, torch.load(path, weights_only=True)
+    return path, read_checkpoint(path)
 
 
 def test_one_process_checkpoints_hold_one_entry_and_version_1_files_resume(
