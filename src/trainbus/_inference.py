@@ -19,9 +19,9 @@ from ._events import Event
 from ._hooks import SubscriberClasses
 from ._losses import LossFunc, per_sample_loss
 from ._metric import Metric, metric_name
-from .callbacks._core import (
+from .callbacks._core import TrainEvalCallback
+from .callbacks._rows import (
     MetricSums,
-    TrainEvalCallback,
     ValidationLosses,
     add_validation_batch,
     validation_row,

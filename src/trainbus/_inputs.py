@@ -13,7 +13,8 @@ from torch import nn
 
 from ._callback import Callback
 from ._metric import Metric
-from .callbacks._core import ProgressCallback, Recorder, TrainEvalCallback
+from .callbacks._core import Recorder, TrainEvalCallback
+from .callbacks._progress import ProgressCallback
 
 __all__ = [
     "DEFAULT_CALLBACKS",

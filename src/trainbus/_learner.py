@@ -36,7 +36,8 @@ from ._resume import ResumePlan
 from ._sharding import shard_dataloaders
 from ._state import LOOP_OWNED_FIELDS, STATE_FIELDS, WRITABLE_FIELDS, TrainingState
 from ._views import StateWriter
-from .callbacks._core import ProgressCallback, Recorder, TrainEvalCallback
+from .callbacks._core import Recorder, TrainEvalCallback
+from .callbacks._progress import ProgressCallback
 
 if TYPE_CHECKING:
     from .callbacks._lr_finder import LRFinderResult

@@ -7,7 +7,7 @@ Defaults (every Learner has them): :class:`TrainEvalCallback`, :class:`Recorder`
 """
 
 from ._checkpoint import Checkpoint
-from ._core import ProgressCallback, Recorder, RecorderSnapshot, TrainEvalCallback
+from ._core import Recorder, RecorderSnapshot, TrainEvalCallback
 from ._csv import CSVLogger
 from ._gradients import GradientAccumulation, GradientClip
 from ._logger import HParam, Logger
@@ -17,6 +17,7 @@ from ._mlflow import MLflowLogger
 from ._nan import TerminateOnNaNCallback
 from ._plots import plot_schedule
 from ._precision import MixedPrecision
+from ._progress import ProgressCallback
 from ._rnn import ModelResetter, RNNRegularizer
 from ._schedule import (
     ParamScheduler,

@@ -1,32 +1,33 @@
-"""The default callbacks: TrainEvalCallback, Recorder, ProgressCallback."""
+"""The default callbacks TrainEvalCallback and Recorder (ProgressCallback: _progress.py)."""
 
 from __future__ import annotations
 
-import math
-import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast, final
 
 import attrs
 import torch
-from tqdm import tqdm
 
-from .._bus import EventBus
 from .._callback import Callback
 from .._checkpoint import pack_floats, unpack_floats
 from .._distributed import reduced_row
 from .._events import Event
 from .._hooks import SubscriberClasses
-from .._metric import metric_name, metric_tensor, not_a_tensor
+from .._metric import metric_name, not_a_tensor
 from .._state import UnsetFieldError
+from ._rows import (
+    MetricSums,
+    ValidationLosses,
+    add_validation_batch,
+    validation_row,
+    values_to_host,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .._learner import Learner
 
-__all__ = ["ProgressCallback", "Recorder", "RecorderSnapshot", "TrainEvalCallback"]
+__all__ = ["Recorder", "RecorderSnapshot", "TrainEvalCallback"]
 
 # Recorded per-batch losses are stacked into one tensor every this many batches, so a
 # long fit holds a few large tensors rather than one small tensor per batch.
@@ -90,13 +91,6 @@ class RecorderSnapshot:
     """
 
     attributes: dict[str, object]
-
-
-ValidationLosses = list[tuple[torch.Tensor, int]]
-"""A validation phase's batch losses (device tensors), each with its batch size."""
-
-MetricSums = list[list[tuple[torch.Tensor, int]]]
-"""Per metric, its value on each validation batch (device tensors), with the batch size."""
 
 
 @attrs.frozen
@@ -424,204 +418,3 @@ def _unpack_pairs(packed: dict[str, Any], device: torch.device) -> list[tuple[to
 def _copied(value: object) -> object:
     """``value``, or a copy of it when it is a list: records grow in place."""
     return list(cast("list[object]", value)) if isinstance(value, list) else value
-
-
-def values_to_host(rows: Sequence[Sequence[torch.Tensor | None]]) -> list[list[float]]:
-    """The values of ``rows`` as floats, in one transfer; ``None`` (nothing to average) is nan."""
-    present = [value for row in rows for value in row if value is not None]
-    floats: list[float] = []
-    if present:
-        try:
-            stacked = torch.stack(present)  # on their device: one transfer below
-        except RuntimeError:  # on several devices: one transfer each
-            stacked = torch.stack([value.cpu() for value in present])
-        # torch types tolist() as list[Any]: a 1-D float tensor gives floats.
-        floats = cast("list[float]", stacked.float().tolist())  # pyright: ignore[reportUnknownMemberType]
-    found = iter(floats)
-    return [[math.nan if value is None else next(found) for value in row] for row in rows]
-
-
-def add_validation_batch(
-    learn: Learner, loss: torch.Tensor, valid: ValidationLosses, metric_sums: MetricSums
-) -> None:
-    """Add the validation batch in flight to what a row of the Recorder's values averages.
-
-    ``loss`` is the batch's loss without its graph; ``metric_sums`` has one list per
-    metric of ``learn``. Nothing is read from the device. ``learn.validate()`` adds up
-    its batches with this too, so it returns what a fit's validation phase records.
-    """
-    values = learn.state.trusted_values
-    try:
-        target, inputs = values["yb"], values["xb"]
-    except KeyError:  # not a batch of the Learner's: let the state say what is missing
-        target, inputs = learn.state.yb, learn.state.xb
-    bs = (target[0] if target else inputs[0]).shape[0]
-    valid.append((loss, bs))
-    if metric_sums:
-        _add_metrics(learn, target, bs, metric_sums)
-
-
-def _add_metrics(
-    learn: Learner, target: tuple[torch.Tensor, ...], bs: int, metric_sums: MetricSums
-) -> None:
-    pred: object = learn.state.pred  # a model may return something else than a tensor
-    if isinstance(pred, torch.Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
-        pred = pred.detach()
-    device = learn.device
-    for sums, metric in zip(metric_sums, learn.metrics, strict=True):
-        try:
-            value = metric(pred, *target)  # type: ignore[arg-type]  # pred: see above
-        except Exception as error:
-            error.add_note(
-                f"trainbus: raised by metric {metric_name(metric)}, called with the "
-                f"model's output (a {type(pred).__qualname__}) and the targets"
-            )
-            raise
-        sums.append((metric_tensor(metric, value, device), bs))
-
-
-def validation_row(valid: ValidationLosses, metric_sums: MetricSums) -> list[torch.Tensor | None]:
-    """``valid_loss`` and each metric: the batch-size-weighted means (``None``: no batch)."""
-    return [_weighted_mean(valid), *(_weighted_mean(sums) for sums in metric_sums)]
-
-
-def _weighted_mean(items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
-    if not items:
-        return None
-    values = torch.stack([value for value, _ in items]).float()
-    sizes = [n for _, n in items]
-    weights = torch.tensor(sizes, dtype=values.dtype, device=values.device)
-    return (values * weights).sum() / sum(sizes)
-
-
-def _interactive(stream: TextIO) -> bool:
-    if "ipykernel" in sys.modules:
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-class ProgressCallback(Callback):
-    """Progress bars for epochs and batches, and a table of per-epoch values.
-
-    Shows only in a terminal or notebook (otherwise it is silent), on rank 0 only when
-    training on many processes, and closes its bars
-    however the fit ends. The batch bar shows the smooth loss, read from the device only
-    when the bar refreshes. It advances the bar from a function it subscribes to
-    ``after_batch`` for the fits it shows, so a silent one costs nothing per batch.
-
-    Args:
-        show: Show bars: ``None`` (default) decides by whether stderr is a terminal.
-        table: Print a row of values after each epoch: ``None`` follows ``show``.
-    """
-
-    run_after: ClassVar[SubscriberClasses] = Recorder
-    rank_zero_only: ClassVar[bool] = True
-
-    def __init__(self, show: bool | None = None, table: bool | None = None) -> None:
-        self.show = show
-        self.table = table
-        self._active = False
-        self._epoch_bar: tqdm[Any] | None = None
-        self._batch_bar: tqdm[Any] | None = None
-        self._printed_header = False
-        self._running = False  # between the start of a run and its teardown
-        # Where _advance_bar is subscribed, and the bound method subscribed (the one to
-        # unsubscribe: each attribute read makes a new bound method).
-        self._subscribed: tuple[EventBus, Callable[[], None]] | None = None
-
-    def begin_fit(self) -> None:
-        self._start()
-        self._printed_header = False
-        if self._active:
-            self._epoch_bar = tqdm(total=self.n_epoch, desc="epoch", unit="epoch", leave=False)
-
-    def _start(self) -> None:
-        """Decide whether this run shows, and if so subscribe the bar's advance."""
-        self._active = _interactive(sys.stderr) if self.show is None else self.show
-        self._running = True
-        if self._active:
-            # Subscribed after the callbacks registered so far (the Recorder among them),
-            # it sees the smooth loss with this batch's loss folded in.
-            bus, hook = self.learn.bus, self._advance_bar
-            bus.subscribe(Event.after_batch, hook)
-            self._subscribed = (bus, hook)
-
-    def begin_train(self) -> None:
-        self._open_batch_bar("train")
-
-    def begin_validate(self) -> None:
-        if not self._running:  # a validate stage of its own: learn.validate(), get_preds()
-            self._start()
-        self._open_batch_bar("valid")
-
-    def _open_batch_bar(self, desc: str) -> None:
-        self._close_batch_bar()
-        if self._active:
-            self._batch_bar = tqdm(total=self.n_iter, desc=desc, leave=False, unit="batch")
-
-    def _advance_bar(self) -> None:
-        bar = self._batch_bar
-        if bar is not None and bar.update(1) and self.training:
-            try:
-                smooth_loss = self.smooth_loss
-            except UnsetFieldError:  # every batch so far was cancelled before its backward pass
-                return
-            # types-tqdm leaves set_postfix's **kwargs untyped.
-            bar.set_postfix(loss=f"{smooth_loss.item():.4f}", refresh=False)  # pyright: ignore[reportUnknownMemberType]
-
-    def after_train(self) -> None:
-        self._close_batch_bar()
-
-    def after_validate(self) -> None:
-        self._close_batch_bar()
-
-    def after_epoch(self) -> None:
-        if self._epoch_bar is not None:
-            self._epoch_bar.update(1)
-        if self.table if self.table is not None else self._active:
-            recorder = self.learn.recorder
-            if not self._printed_header:
-                self._write(_row(["epoch", *recorder.metric_names, "time"]))
-                self._printed_header = True
-            cells = [f"{v:.6f}" for v in recorder.values[-1]]
-            self._write(_row([str(self.epoch), *cells, _format_time(recorder.times[-1])]))
-
-    def teardown(self) -> None:
-        self._close_all()
-
-    def _write(self, line: str) -> None:
-        if self._epoch_bar is not None:
-            tqdm.write(line, file=sys.stdout)
-        else:
-            print(line, file=sys.stdout, flush=True)
-
-    def _close_batch_bar(self) -> None:
-        if self._batch_bar is not None:
-            self._batch_bar.close()
-            self._batch_bar = None
-
-    def _close_all(self) -> None:
-        self._running = False
-        self._close_batch_bar()
-        if self._epoch_bar is not None:
-            self._epoch_bar.close()
-            self._epoch_bar = None
-        if self._subscribed is not None:
-            bus, hook = self._subscribed
-            self._subscribed = None
-            bus.unsubscribe(Event.after_batch, hook)
-
-    @property
-    def bars_open(self) -> bool:
-        """Whether a progress bar is open (false whenever no fit is running)."""
-        return self._epoch_bar is not None or self._batch_bar is not None
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "  ".join(f"{cell:<11}" for cell in cells).rstrip()
-
-
-def _format_time(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes:02d}:{secs:02d}"
