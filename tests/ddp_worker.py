@@ -275,19 +275,32 @@ class KillAfterWrite(Killer):
         super()._kill_once(tag)
 
 
+class Subscribed(Callback):
+    """Records, when the fit starts, the classes of the bus's subscribers, in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    @override
+    def begin_fit(self) -> None:
+        self.names = [type(subscriber).__name__ for subscriber in self.learn.bus.subscribers]
+
+
 def exact(out: Path, rank: int, *, torch_loaders: bool = False) -> dict[str, Any]:
     """Phase ``full``, ``kill`` (SIGKILL after step 10, inside epoch 1) or ``resume``
     (``resume="latest"``) of a 2-rank fit whose ranks draw different random numbers."""
     phase = os.environ["PHASE"]
     folder = out / ("full" if phase == "full" else "ckpt")
     learn = exact_learner(8, torch_loaders=torch_loaders)
-    extra: list[Callback] = []
+    subscribed = Subscribed()
+    extra: list[Callback] = [subscribed]
     if phase == "kill":
         marks = out / f"marks{rank}"
         marks.mkdir(exist_ok=True)
         extra.append(KillAfterWrite(marks, EXACT_KILL, folder, "step-00000008.pt"))
-    exact_fit(learn, folder, rank=rank, extra=extra, resume="latest")
-    return results(learn)
+    checkpoint = Checkpoint(folder, every_n_steps=EXACT_EVERY)
+    exact_fit(learn, folder, rank=rank, extra=extra, resume="latest", checkpoint=checkpoint)
+    return {**results(learn), "written": checkpoint.written, "subscribed": subscribed.names}
 
 
 class SignalAt(Callback):
@@ -303,6 +316,24 @@ class SignalAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class HeardCheckpoint(Checkpoint):
+    """A Checkpoint that counts the fits and batches it hears."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heard = 0
+
+    @override
+    def begin_fit(self) -> None:
+        self.heard += 1
+        super().begin_fit()
+
+    @override
+    def after_batch(self) -> None:
+        self.heard += 1
+        super().after_batch()
+
+
 def interrupt(out: Path, rank: int) -> dict[str, Any]:
     """The exact scenario with ``Checkpoint(save_on_interrupt=True, every_epoch=False)``.
 
@@ -315,9 +346,9 @@ def interrupt(out: Path, rank: int) -> dict[str, Any]:
     signalled: dict[str, list[int | None]] = {"both": [1, 4], "one": [None, 4]}
     at = signalled.get(phase, [None, None])[rank]
     extra: list[Callback] = [] if at is None else [SignalAt(at)]
-    checkpoint = Checkpoint(folder, every_epoch=False, save_on_interrupt=True)
+    checkpoint = HeardCheckpoint(folder, every_epoch=False, save_on_interrupt=True)
     exact_fit(learn, folder, rank=rank, extra=extra, resume="latest", checkpoint=checkpoint)
-    return results(learn)
+    return {**results(learn), "heard": checkpoint.heard, "written": checkpoint.written}
 
 
 Scenario = Callable[[Path, int], dict[str, Any]]

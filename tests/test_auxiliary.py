@@ -8,7 +8,7 @@ import pytest
 from typing_extensions import override
 
 from conftest import tiny_learner
-from trainbus import Callback, CancelFitException, EventBus
+from trainbus import Callback, CancelFitException, Event, EventBus
 from trainbus.callbacks import (
     CSVLogger,
     EarlyStoppingCallback,
@@ -120,3 +120,40 @@ def test_bus_suspend_restores_registration_places() -> None:
     assert list(bus.subscribers) == [a, b, c, d]
     with pytest.raises(ValueError, match="not registered"):
         bus.suspend([Counter()])
+
+
+def test_a_stand_in_runs_in_the_place_of_the_subscriber_it_stands_for() -> None:
+    heard: list[str] = []
+
+    class Hears(Callback):
+        @override
+        def after_epoch(self) -> None:
+            heard.append(type(self).__name__)
+
+    class Writer(Hears):
+        order = 1000
+
+    class StandIn(Hears):  # no order nor constraint of its own
+        pass
+
+    class BeforeWriter(Hears):
+        run_before = (Writer,)  # names the Writer's class: holds for its stand-in too
+
+    class AfterWriter(Hears):
+        run_after = (Writer,)
+
+    writer, stand_in = Writer(), StandIn()
+    before, after, plain = BeforeWriter(), AfterWriter(), Counter()
+    bus = EventBus([writer, after, plain, before])
+    assert list(bus.subscribers) == [plain, before, writer, after]
+    restore = bus.suspend([writer], [(writer, stand_in)])
+    assert list(bus.subscribers) == [plain, before, stand_in, after]
+    bus.emit(Event.after_epoch)
+    assert heard == ["BeforeWriter", "StandIn", "AfterWriter"]
+    restore()
+    assert list(bus.subscribers) == [plain, before, writer, after]
+    with pytest.raises(ValueError, match="not suspended"):
+        bus.suspend([after], [(writer, stand_in)])
+    with pytest.raises(ValueError, match="registered already"):
+        bus.suspend([writer], [(writer, plain)])
+    assert list(bus.subscribers) == [plain, before, writer, after]  # nothing changed

@@ -312,6 +312,27 @@ def test_a_checkpoint_on_two_ranks_holds_each_ranks_own_state(
     )
 
 
+@pytest.mark.slow
+def test_a_checkpoint_runs_on_rank_zero_and_its_stand_in_in_its_place_on_the_others(
+    exact_runs: tuple[Path, list[Any], list[Any]],
+) -> None:
+    out, (full0, full1), _ = exact_runs
+    # Rank 0's Checkpoint wrote the files (each with both ranks' entries, above); rank 1's
+    # never ran (rank_zero_only): it wrote nothing and kept no list of files.
+    assert full0["written"] == ["epoch-0001.pt", "step-00000016.pt", "epoch-0002.pt"]
+    files = sorted(path.name for path in (out / "full").iterdir())
+    assert files == sorted([*full0["written"], "latest"])
+    assert full1["written"] == []
+    # On rank 1 the stand-in holds the Checkpoint's place; the progress bar sits out.
+    assert "CheckpointStandIn" not in full0["subscribed"]
+    expected = [
+        "CheckpointStandIn" if name == "Checkpoint" else name
+        for name in full0["subscribed"]
+        if name != "ProgressCallback"
+    ]
+    assert full1["subscribed"] == expected
+
+
 def on_one_process() -> Learner:
     """The exact scenario on one process, with as many batches an epoch as each rank had."""
     return exact_learner(16, n_acc=2 * EXACT_N_ACC, valid_bs=16)
@@ -369,6 +390,13 @@ def test_interrupts_on_two_ranks_save_at_the_epoch_end_then_end_the_fit(
     resumed = launch("interrupt", tmp_path, phase="resume")
     for rank in range(2):
         assert_identical(full[rank], resumed[rank])
+    # The Checkpoint's hooks ran on rank 0 only (its list restored there); the file has
+    # both ranks' entries, sent by rank 1's stand-in.
+    assert resumed[0]["heard"] > 0 and resumed[0]["written"] == ["epoch-0000.pt"]
+    assert resumed[1]["heard"] == 0 and resumed[1]["written"] == []
+    ckpt = read_checkpoint(tmp_path / "both" / "epoch-0000.pt")
+    assert ckpt["world_size"] == 2
+    assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])
     # On rank 1 only: both ranks save, rank 1 ends by its signal, rank 0 with an error
     # naming it at its next collective (never a hang).
     launch("interrupt", tmp_path, phase="one", killed=True)
@@ -394,6 +422,7 @@ def test_rank_zero_only_defaults() -> None:
     assert SaveModelCallback.rank_zero_only
     assert not TrainEvalCallback.rank_zero_only
     assert not EarlyStoppingCallback.rank_zero_only  # decides on reduced values, on all ranks
+    assert Checkpoint.rank_zero_only is True  # rank 0 writes; a stand-in sends the others'
 
 
 def test_tensor_shards_split_each_global_batch_and_pad_training() -> None:

@@ -36,6 +36,13 @@ class _Entry:
     function: Handler | None = None
     event: Event | None = None
     order: int = 0
+    # A stand-in's entry: the subscriber whose place it holds (and is ordered as).
+    stands_for: Subscriber | None = None
+
+    @property
+    def ordered_as(self) -> Subscriber | None:
+        """The subscriber whose constraints and class place this entry."""
+        return self.subscriber if self.stands_for is None else self.stands_for
 
     @property
     def label(self) -> str:
@@ -58,10 +65,11 @@ def _function_label(function: object) -> str:
 
 
 def _must_precede(a: _Entry, b: _Entry) -> bool:
-    if a.subscriber is None or b.subscriber is None:
+    first, second = a.ordered_as, b.ordered_as
+    if first is None or second is None:
         return False
-    return isinstance(b.subscriber, ordering_classes(a.subscriber.run_before)) or isinstance(
-        a.subscriber, ordering_classes(b.subscriber.run_after)
+    return isinstance(second, ordering_classes(first.run_before)) or isinstance(
+        first, ordering_classes(second.run_after)
     )
 
 
@@ -143,15 +151,26 @@ class EventBus:
             raise ValueError(f"{type(subscriber).__qualname__} instance is not registered")
         self._rebuild(kept)
 
-    def suspend(self, subscribers: Iterable[Subscriber]) -> Callable[[], None]:
+    def suspend(
+        self,
+        subscribers: Iterable[Subscriber],
+        stand_ins: Iterable[tuple[Subscriber, Subscriber]] = (),
+    ) -> Callable[[], None]:
         """Unregister ``subscribers`` until the returned function is called.
 
         That function registers them again with their original registration index, so
         they take back the places they had (ordering depends on registration order), and
         it skips any that were registered again meanwhile.
 
+        Meanwhile, each ``(subscriber, stand_in)`` of ``stand_ins`` (``subscriber`` one of
+        ``subscribers``) registers ``stand_in`` in ``subscriber``'s place: ordered as
+        ``subscriber`` (its registration index, ``order``, ``run_before``/``run_after``,
+        and the constraints of others that name its class), so it runs exactly where
+        ``subscriber`` would have, with its own hooks. The returned function unregisters it.
+
         Raises:
-            ValueError: One of them is not registered.
+            ValueError: One of ``subscribers`` is not registered, a stand-in's subscriber
+                is not one of them, or a stand-in is registered already.
         """
         chosen = list(subscribers)
         for subscriber in chosen:
@@ -159,14 +178,35 @@ class EventBus:
                 raise ValueError(f"{type(subscriber).__qualname__} instance is not registered")
         ids = {id(subscriber) for subscriber in chosen}
         held = [entry for entry in self._entries if id(entry.subscriber) in ids]
-        self._rebuild([entry for entry in self._entries if id(entry.subscriber) not in ids])
+        standing = self._stand_in_entries(held, stand_ins)
+        kept = [entry for entry in self._entries if id(entry.subscriber) not in ids]
+        self._rebuild(sorted([*kept, *standing], key=lambda entry: entry.seq))
+        placed = {id(entry) for entry in standing}
 
         def restore() -> None:
-            present = {id(entry.subscriber) for entry in self._entries}
+            remaining = [entry for entry in self._entries if id(entry) not in placed]
+            present = {id(entry.subscriber) for entry in remaining}
             back = [entry for entry in held if id(entry.subscriber) not in present]
-            self._rebuild(sorted([*self._entries, *back], key=lambda entry: entry.seq))
+            self._rebuild(sorted([*remaining, *back], key=lambda entry: entry.seq))
 
         return restore
+
+    def _stand_in_entries(
+        self, held: list[_Entry], stand_ins: Iterable[tuple[Subscriber, Subscriber]]
+    ) -> list[_Entry]:
+        """The entries of ``stand_ins``, each in the place of the held entry it stands for."""
+        standing: list[_Entry] = []
+        for original, stand_in in stand_ins:
+            entry = next((e for e in held if e.subscriber is original), None)
+            if entry is None:
+                raise ValueError(
+                    f"a stand-in for {type(original).__qualname__}, which is not suspended"
+                )
+            if any(e.subscriber is stand_in for e in (*self._entries, *standing)):
+                raise ValueError(f"{type(stand_in).__qualname__} instance is registered already")
+            hooks_of(type(stand_in))  # validates its hook names before anything changes
+            standing.append(attrs.evolve(entry, subscriber=stand_in, stands_for=original))
+        return standing
 
     def subscribe(self, event: Event, function: Handler, *, order: int = 0) -> None:
         """Call ``function()`` at every ``event``, placed among subscribers by ``order``.

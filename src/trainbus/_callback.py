@@ -40,9 +40,13 @@ class Callback(Subscriber, StateView):
     checkpoint or step a schedule; they are put back in their places when it ends."""
     rank_zero_only: ClassVar[bool] = False
     """Whether this callback runs on rank 0 only when training on many processes
-    (progress bars, loggers, the best-model saver): on other ranks it hears no event of a
-    fit, though it stays registered, and a resumed fit does not restore its state there.
-    (``Checkpoint`` runs on every rank: each sends its state; rank 0 writes.)"""
+    (progress bars, loggers, checkpoint writers): on other ranks its hooks never run,
+    though it stays registered, and a resumed fit does not restore its state there.
+
+    A rank-zero-only callback whose work needs every rank (``Checkpoint`` gathers every
+    rank's training state into the file it writes) has a *stand-in*: a small callback
+    that the other ranks run in its place, ordered as it is, for the fit, and that only
+    takes part in its collectives (it sends this rank's state at each checkpoint)."""
 
     _learner: Learner | None = None
 
@@ -82,6 +86,15 @@ class Callback(Subscriber, StateView):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned. Default: nothing to restore."""
+
+    def _stand_in(self) -> Callback | None:
+        """What ranks other than 0 run in the place of this rank-zero-only callback during
+        a fit on many processes (``None``: nothing; see :attr:`rank_zero_only`).
+
+        A new callback each fit, made at its start: it makes, at the same points, the
+        collectives this callback makes, and keeps no state a checkpoint would hold.
+        """
+        return None
 
     if not TYPE_CHECKING:  # type checkers report these writes themselves
 

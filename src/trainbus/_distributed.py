@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 if TYPE_CHECKING:
+    from ._callback import Callback
     from ._learner import Learner
 
 __all__ = [
@@ -188,11 +189,18 @@ class Distributed:
     def fit_scope(self, learn: Learner, forward: list[nn.Module]) -> Generator[None]:
         """Around a fit on many processes: the training forward pass goes through
         DistributedDataParallel (``forward``, read by the Learner's training batch),
-        rank-zero-only callbacks hear nothing on other ranks, and a failure ends every rank.
+        rank-zero-only callbacks hear nothing on other ranks (their stand-ins run in their
+        places there), and a failure ends every rank.
         """
         muted = [] if self.rank == 0 else [cb for cb in learn.cbs if cb.rank_zero_only]
+        stand_ins: list[tuple[Callback, Callback]] = []
+        for cb in muted:
+            stand_in = cb._stand_in()  # pyright: ignore[reportPrivateUsage]
+            if stand_in is not None:
+                stand_in.set_learner(learn)
+                stand_ins.append((cb, stand_in))
         # Suspended on the bus but kept in learn.cbs: learn.get_cb still finds them.
-        restore = learn.bus.suspend(muted)
+        restore = learn.bus.suspend(muted, stand_ins)
         try:
             forward.append(self.wrap(learn.model))
             yield
@@ -204,6 +212,8 @@ class Distributed:
         finally:
             forward.clear()
             restore()
+            for _, stand_in in stand_ins:
+                stand_in.set_learner(None)
 
     def _failure(self, error: BaseException) -> RankFailedError | None:
         """What to raise instead of ``error`` (``None``: ``error`` itself).

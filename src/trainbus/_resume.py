@@ -69,7 +69,8 @@ class PhaseStart:
 
 
 PHASE_START: Final = StateKey("trainbus.phase_start", PhaseStart)
-"""Published by :class:`~trainbus.callbacks.Checkpoint` at the start of every phase."""
+"""Published by :class:`~trainbus.callbacks.Checkpoint` (by its stand-in on ranks other
+than 0) at the start of every phase."""
 
 
 def rng_state() -> dict[str, Any]:

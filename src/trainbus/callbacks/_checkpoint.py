@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any, ClassVar, Final
 
 from typing_extensions import override
@@ -15,23 +12,18 @@ from typing_extensions import override
 from .._callback import Callback
 from .._checkpoint import CheckpointError, checkpoint_dict, packed_checkpoint, write_checkpoint
 from .._checks import checked_int
-from .._distributed import announce_failure, any_rank
 from .._files import BackgroundWriter, atomic_write, is_temporary
-from .._hooks import SubscriberClasses
 from .._ranks import training_entries
-from .._resume import PHASE_START, Phase, phase_start, training_state
-from ._core import Recorder, TrainEvalCallback
+from .._resume import Phase, training_state
+from ._checkpoint_schedule import CheckpointSchedule, CheckpointStandIn
 
 __all__ = ["Checkpoint"]
 
 _LATEST: Final = "latest"
 _STEMS: Final = ("step-", "epoch-", _LATEST)
-_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-
-_SignalHandler = Any  # what signal.getsignal returns: a callable, SIG_DFL, SIG_IGN or None
 
 
-class Checkpoint(Callback):
+class Checkpoint(CheckpointSchedule):
     """Writes training checkpoints to ``dir``; ``fit(..., resume="latest")`` goes on from the last.
 
     A checkpoint holds everything the rest of the fit depends on: the model, the
@@ -54,12 +46,12 @@ class Checkpoint(Callback):
     did with the batch or epoch. A callback that stops the fit in ``after_epoch``
     (early stopping) runs before it: that epoch is not saved, and a resumed fit repeats it.
 
-    On many processes it runs on every rank (``rank_zero_only`` is ``False``): at each
-    checkpoint every rank sends its own training state (random states, gradients,
-    callbacks' state, data position) to rank 0, which alone writes the file, and each
-    rank resumes from its own. A signal is acted on at the next checkpoint every rank
-    writes (``every_n_steps`` or the epoch's end), not at the next batch (see
-    docs/distributed.md).
+    On many processes it runs on rank 0 only (``rank_zero_only``), which alone writes;
+    every other rank runs a stand-in in its place that, at each checkpoint, sends that
+    rank's own training state (random states, gradients, callbacks' state, data
+    position) to rank 0, and each rank resumes from its own. A signal is acted on at the
+    next checkpoint every rank takes (``every_n_steps`` or the epoch's end), not at the
+    next batch (see docs/distributed.md).
 
     Args:
         dir: Folder of the checkpoints (created if missing).
@@ -75,10 +67,7 @@ class Checkpoint(Callback):
         written: File names of the checkpoints of this fit still kept, oldest first.
     """
 
-    run_after: ClassVar[SubscriberClasses] = (TrainEvalCallback, Recorder)
-    order: ClassVar[int] = 1000
-    run_in_auxiliary: ClassVar[bool] = False
-    rank_zero_only: ClassVar[bool] = False  # every rank sends its state; rank 0 writes
+    rank_zero_only: ClassVar[bool] = True  # the other ranks run its stand-in
 
     def __init__(
         self,
@@ -89,23 +78,17 @@ class Checkpoint(Callback):
         keep_last: int = 3,
         save_on_interrupt: bool = False,
     ) -> None:
-        self.dir: Path = Path(dir)
-        self.every_n_steps: int | None = (
-            None
-            if every_n_steps is None
-            else checked_int("Checkpoint every_n_steps", every_n_steps)
+        super().__init__(
+            every_n_steps=every_n_steps,
+            every_epoch=every_epoch,
+            save_on_interrupt=save_on_interrupt,
         )
-        self.every_epoch = every_epoch
+        self.dir: Path = Path(dir)
         self.keep_last: int = checked_int("Checkpoint keep_last", keep_last)
-        self.save_on_interrupt = save_on_interrupt
         self.written: list[str] = []
         # What the last write removes, and what a killed process's last write had yet to.
         self._dropping: list[str] = []
         self._unremoved: list[str] = []
-        self._fields: dict[str, Any] = {}
-        self._signal: int | None = None
-        self._many = False  # whether the fit runs on many processes
-        self._previous: dict[int, _SignalHandler] = {}
         self._writer = BackgroundWriter()
 
     @property
@@ -126,65 +109,22 @@ class Checkpoint(Callback):
 
     @override
     def begin_fit(self) -> None:
-        if self.learn.rank == 0:  # the writer
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for path in self.dir.iterdir():  # left by a process killed while writing
-                if any(is_temporary(path, stem) for stem in _STEMS):
-                    path.unlink(missing_ok=True)
-        self._many = self.learn.distributed.active
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for path in self.dir.iterdir():  # left by a process killed while writing
+            if any(is_temporary(path, stem) for stem in _STEMS):
+                path.unlink(missing_ok=True)
         self.written = []
         self._dropping = []
         self._unremoved = []
-        self._signal = None
-        self._fields = self.learn.state.trusted_values
-        if self.save_on_interrupt:
-            self._install()
+        super().begin_fit()
 
     @override
     def begin_epoch(self) -> None:
         self._writer.wait()  # the last epoch's checkpoints are on disk before this one starts
 
     @override
-    def begin_train(self) -> None:
-        self.learn.state.extras[PHASE_START] = phase_start(self.learn.state.dl)
-
-    @override
-    def begin_validate(self) -> None:
-        self.learn.state.extras[PHASE_START] = phase_start(self.learn.state.dl)
-
-    @override
-    def after_batch(self) -> None:
-        values = self._fields
-        if self._signal is not None and not self._many:
-            self._save("train" if values["training"] else "valid")
-            self._redeliver(resume_watching=True)
-            return
-        every = self.every_n_steps
-        if every is not None and values["training"] and values["train_iter"] % every == 0:
-            self._save("train")  # on every rank at once: a signal waits for such a boundary
-            if self._signal is not None:
-                self._redeliver(resume_watching=True)
-
-    @override
-    def after_epoch(self) -> None:
-        interrupted = self._signal is not None
-        save = self.every_epoch or interrupted
-        if self._many and self.save_on_interrupt and not self.every_epoch:
-            save = any_rank(interrupted)  # one all-reduce an epoch: all ranks save, or none
-        if save:
-            self._save("end")
-        if interrupted:
-            self._redeliver(resume_watching=True)
-
-    @override
-    def after_fit(self) -> None:
-        self._writer.wait()  # the fit ends with its checkpoints on disk (or their error)
-        if self._signal is not None:  # came after the last boundary: nothing left to save
-            self._redeliver(resume_watching=False)
-
-    @override
     def teardown(self) -> None:
-        self._uninstall()
+        super().teardown()
         self._writer.close()
 
     @override
@@ -198,6 +138,14 @@ class Checkpoint(Callback):
         # files it replaced left them: the resumed fit's first write removes them.
         self._unremoved = [str(name) for name in state.get("dropping", ())]
 
+    @override
+    def _stand_in(self) -> Callback:
+        return CheckpointStandIn(
+            every_n_steps=self.every_n_steps,
+            every_epoch=self.every_epoch,
+            save_on_interrupt=self.save_on_interrupt,
+        )
+
     def _file_name(self, phase: Phase) -> str:
         values = self._fields
         if phase == "train":
@@ -206,6 +154,7 @@ class Checkpoint(Callback):
             return f"epoch-{values['epoch']:04d}-valid-{values['iter'] + 1:06d}.pt"
         return f"epoch-{values['epoch']:04d}.pt"
 
+    @override
     def _save(self, phase: Phase) -> None:
         """Copy the state now (packed: one copy of it); save it on the writer thread meanwhile."""
         self._writer.wait()  # one write at a time; a failed one is raised here
@@ -217,7 +166,8 @@ class Checkpoint(Callback):
         self.written, self._dropping = kept, dropped
         try:
             own = training_state(self.learn, phase)
-            entries = training_entries(self.learn, own)  # every rank's, on rank 0 only
+            # Every rank's: the other ranks' stand-ins send theirs now (None there).
+            entries = training_entries(self.learn, own)
             state: dict[str, Any] | None = None
             if entries is not None:
                 ckpt = {**checkpoint_dict(self.learn, with_opt=True), **entries}
@@ -226,7 +176,7 @@ class Checkpoint(Callback):
             self.written = previous
             raise
         self._unremoved = []
-        if state is not None:  # rank 0 writes
+        if state is not None:
             self._writer.submit(functools.partial(self._write, state, name, dropped))
 
     def _write(self, state: dict[str, Any], name: str, dropped: list[str]) -> None:
@@ -236,40 +186,6 @@ class Checkpoint(Callback):
         for old in dropped:
             (self.dir / old).unlink(missing_ok=True)
 
-    # ------------------------------------------------------------- interrupts
-
-    def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or self._previous:
-            return
-        for signum in _SIGNALS:
-            current = signal.getsignal(signum)
-            if current is None:  # installed outside Python: it could not be put back
-                continue
-            self._previous[signum] = current
-            signal.signal(signum, self._on_signal)
-
-    def _uninstall(self) -> None:
-        previous, self._previous = self._previous, {}
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._signal is None:
-            self._signal = signum  # acted on at the next batch boundary
-            return
-        self._signal = None  # a second one: as if this callback were not there
-        self._uninstall()
-        signal.raise_signal(signum)
-
-    def _redeliver(self, *, resume_watching: bool) -> None:
-        """Give the pending signal to the handlers it would have reached without this callback."""
-        signum, self._signal = self._signal, None
-        if signum is None:
-            return
-        self._uninstall()
-        self._writer.wait()  # the checkpoint is on disk before the signal acts
-        if self._many and signal.getsignal(signum) is signal.SIG_DFL:  # the process ends now
-            announce_failure(f"ended by {signal.Signals(signum).name} after its checkpoint")
-        signal.raise_signal(signum)  # ends the fit, unless the handler returns (SIG_IGN, ...)
-        if resume_watching:
-            self._install()
+    @override
+    def _flush(self) -> None:
+        self._writer.wait()
