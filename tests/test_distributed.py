@@ -20,6 +20,7 @@ from typing import Any, Final
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import tiny_learner
 from ddp_worker import EXACT_N_ACC, exact_fit, exact_learner, learner, weights
@@ -480,6 +481,32 @@ def test_a_loader_with_a_custom_sampler_is_a_clear_error() -> None:
     data = TensorDataset(torch.zeros(4, 1), torch.zeros(4))
     loader = DataLoader(data, batch_size=2, sampler=[3, 2, 1, 0])
     with pytest.raises(ValueError, match=r"custom sampler.*DistributedSampler yourself"):
+        shard_dataloaders(DataLoaders(loader), rank=0, world_size=2, seed=0, epoch_of=lambda: 0)
+
+
+def test_a_stateful_dataloader_is_remade_as_one_on_its_shard() -> None:
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    data = TensorDataset(torch.arange(12.0).unsqueeze(1), torch.arange(12))
+    loader = stateful.StatefulDataLoader(data, batch_size=2, shuffle=True)
+    shards = [
+        shard_dataloaders(DataLoaders(loader), rank=r, world_size=2, seed=0, epoch_of=lambda: 0)
+        for r in range(2)
+    ]
+    assert all(type(s.train) is stateful.StatefulDataLoader for s in shards)
+    rows = [sorted(int(y) for _, yb in s.train for y in yb) for s in shards]
+    assert sorted(rows[0] + rows[1]) == list(range(12))  # each sample on one rank
+
+
+class _NeedsMore(DataLoader[Any]):
+    def __init__(self, dataset: TensorDataset, extra: int, **options: Any) -> None:
+        super().__init__(dataset, **options)  # pyright: ignore[reportUnknownMemberType]
+        self.extra = extra
+
+
+def test_a_loader_class_that_cannot_be_remade_is_a_clear_error() -> None:
+    data = TensorDataset(torch.zeros(4, 1), torch.zeros(4))
+    loader = _NeedsMore(data, 1, batch_size=2)
+    with pytest.raises(ValueError, match="cannot shard the train _NeedsMore by rank: it could not"):
         shard_dataloaders(DataLoaders(loader), rank=0, world_size=2, seed=0, epoch_of=lambda: 0)
 
 

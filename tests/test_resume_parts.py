@@ -125,6 +125,44 @@ def test_a_loader_with_its_own_state_resumes_from_it(tmp_path: Path) -> None:
     assert loader.yielded == 4 + 6  # the rest of epoch 1 and epoch 2: nothing replayed
 
 
+class CountedStateful:
+    """Makes learners over torchdata's ``StatefulDataLoader`` (shuffled by its own
+    generator; ``workers`` processes) of a :class:`Counted` dataset, the last one kept."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.data = Counted()
+
+    def __call__(self, cbs: list[Callback]) -> tuple[Learner, Counted]:
+        stateful = pytest.importorskip("torchdata.stateful_dataloader")
+        torch.default_generator.manual_seed(0)
+        self.data = Counted()
+        loader = stateful.StatefulDataLoader(
+            self.data,
+            batch_size=4,
+            shuffle=True,
+            num_workers=self.workers,
+            generator=torch.Generator().manual_seed(3),
+        )
+        dls = DataLoaders(loader)
+        model = nn.Linear(2, 1)
+        return Learner(
+            model, dls, nn.functional.mse_loss, lr=0.05, cbs=cbs, device="cpu"
+        ), self.data
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_torchdata_stateful_dataloader_resumes_from_its_own_state(
+    tmp_path: Path, workers: int
+) -> None:
+    # From step 12 (every 3, crash at 13): the 4th of epoch 1's 8 batches.
+    make = CountedStateful(workers)
+    data, resumed = crash_and_resume(make, tmp_path, n_epoch=2, every=3, crash=13)
+    if workers == 0:  # loaded in this process: it went on from its own position
+        assert len(data.loaded) == 4 * 4  # the last 4 batches of epoch 1, none replayed
+    assert len(resumed.recorder.values) == 2
+
+
 def trackers(folder: Path) -> list[Callback]:
     return [
         SaveModelCallback(fname="best", path=folder / "models"),

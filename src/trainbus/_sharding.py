@@ -11,7 +11,7 @@ metrics are those of the whole validation set, unbiased.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 import torch
 from torch.utils.data import (
@@ -180,6 +180,19 @@ class _UnpaddedShardSampler(Sampler[int]):
         return iter(self._indices)
 
 
+# torchdata's StatefulDataLoader makes its own versions of torch's samplers (which keep
+# their position): a shard re-makes them as it re-makes torch's.
+_STATEFUL_SAMPLERS: Final = "torchdata.stateful_dataloader.sampler"
+
+
+def _plain(sampler: object, kind: type) -> bool:
+    """Whether ``sampler`` is torch's ``kind`` (or torchdata's version of it), not a custom one."""
+    found = type(sampler)
+    return found is kind or (
+        found.__module__ == _STATEFUL_SAMPLERS and found.__name__ == kind.__name__
+    )
+
+
 def _shard_loader(
     loader: Any, name: str, *, rank: int, world_size: int, seed: int, epoch_of: EpochOf
 ) -> DataLoader[Any]:
@@ -205,8 +218,8 @@ def _shard_loader(
             f"cannot shard the {name} DataLoader by rank: its dataset is an IterableDataset; "
             "split it by torch.distributed.get_rank() in the dataset itself"
         )
-    elif type(loader.batch_sampler) is not BatchSampler or not isinstance(
-        sampler, RandomSampler | SequentialSampler
+    elif not _plain(loader.batch_sampler, BatchSampler) or not (
+        _plain(sampler, RandomSampler) or _plain(sampler, SequentialSampler)
     ):
         raise ValueError(
             f"cannot shard the {name} DataLoader by rank: it has a custom sampler or batch "
@@ -219,7 +232,7 @@ def _shard_loader(
             epoch_of=epoch_of,
             num_replicas=world_size,
             rank=rank,
-            shuffle=isinstance(sampler, RandomSampler),
+            shuffle=_plain(sampler, RandomSampler),
             seed=seed,
             drop_last=False,
         )
@@ -232,7 +245,15 @@ def _shard_loader(
     options: dict[str, Any] = {name: getattr(loader, name) for name in names}
     if loader.num_workers > 0:
         options["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, sampler=new_sampler, **options)
+    kind = cast("type[DataLoader[Any]]", type(loader))  # a StatefulDataLoader stays one
+    try:
+        return kind(loader.dataset, sampler=new_sampler, **options)
+    except TypeError as error:
+        raise ValueError(
+            f"cannot shard the {name} {kind.__qualname__} by rank: it could not be re-made "
+            f"with a DistributedSampler ({error}); give it a "
+            "torch.utils.data.DistributedSampler yourself and the Learner will keep it"
+        ) from error
 
 
 def _shard(
