@@ -6,15 +6,16 @@ Usage::
     python benchmarks/instructions.py --check    # exit status 1 when the budget is missed
     python benchmarks/instructions.py --only plain trainbus   # some contenders only
 
+(``benchmarks/ddp.py --instructions`` runs the same contenders on two processes.)
+
 Wall-clock figures on a shared machine swing by tens of percent between runs;
 instruction counts do not. Each contender trains in its own process under
-``valgrind --tool=callgrind --instr-atstart=no``; the process switches instrumentation on
-(``callgrind_control -i on PID``) at the start of its second training epoch and off
-(``-i off``) after its last, once with 2 and once with 6 measured epochs (``PYTHONHASHSEED=0``,
-so that dict layouts do not vary). What the two
-counts share (the switching itself, the first and last steps' extra work) cancels in
-their difference, which divided by the extra steps (4 epochs of 64) is the cost of one
-training step.
+``valgrind --tool=callgrind --instr-atstart=no`` (callgrind.py); the process switches
+instrumentation on (``callgrind_control -i on PID``) at the start of its second training
+epoch and off (``-i off``) after its last, once with 2 and once with 6 measured epochs
+(``PYTHONHASHSEED=0``, so that dict layouts do not vary). What the two counts share (the
+switching itself, the first and last steps' extra work) cancels in their difference,
+which divided by the extra steps (4 epochs of 64) is the cost of one training step.
 
 Workload (overhead.py's zero-work one): ``nn.Linear(32, 10)``, SGD, 64 batches of one
 row an epoch over ``DataLoader(TensorDataset)``, cross-entropy, no validation,
@@ -37,7 +38,6 @@ import argparse
 import importlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,13 +46,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from trainbus import Callback, DataLoaders, Learner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import counting_syncs  # a sibling script, not a package
+import callgrind  # sibling scripts, not a package
+from callgrind import Mark
+from overhead import counting_syncs
 
 N_BATCHES: Final = 64
 SHORT, LONG = 2, 6  # measured epochs of the two runs
@@ -60,23 +64,24 @@ LR: Final = 0.01
 DEFAULTS_EXCESS_BUDGET: Final = 30_000
 TENSORS_RATIO_BUDGET: Final = 0.90
 
-Train = Callable[[int, Callable[[str], None]], None]
-"""Trains for ``n`` epochs, calling ``toggle("on")`` as the second begins and
-``toggle("off")`` after the last."""
+Train = Callable[[int, Mark], None]
+"""Trains for ``n`` epochs, calling ``mark(epoch)`` as each begins and ``mark(n)`` after
+the last."""
+
+Contender = Callable[[int], Train]
+"""Makes a contender's training run, with the given number of batches an epoch on each
+process."""
 
 
-def _toggle(state: str) -> None:
-    """Switch callgrind's instrumentation of this process on or off."""
-    subprocess.run(
-        ["callgrind_control", "-i", state, str(os.getpid())],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
+def _data(batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batches`` rows for each process."""
+    n = batches * _world()
     g = torch.Generator().manual_seed(0)
-    return torch.randn(N_BATCHES, 32, generator=g), torch.randint(0, 10, (N_BATCHES,), generator=g)
+    return torch.randn(n, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
 def _model() -> nn.Module:
@@ -84,80 +89,91 @@ def _model() -> nn.Module:
     return nn.Linear(32, 10)
 
 
-def _loader() -> DataLoader[Any]:
-    return DataLoader(TensorDataset(*_data()), batch_size=1)
+def _loader(batches: int) -> DataLoader[Any]:
+    return DataLoader(TensorDataset(*_data(batches)), batch_size=1)
 
 
-def plain() -> Train:
-    model, dl = _model(), _loader()
+def plain(batches: int) -> Train:
+    """The plain loop; on many processes the plain DDP loop: the model in
+    ``DistributedDataParallel``, the data through a ``DistributedSampler`` (``set_epoch``
+    each epoch), as the torch tutorials write it."""
+    model, data = _model(), TensorDataset(*_data(batches))
+    sampler: DistributedSampler[Any] | None = None
+    if _world() > 1:
+        sampler = DistributedSampler(data, shuffle=False)
+    dl = DataLoader(data, batch_size=1, sampler=sampler)
+    forward = model if sampler is None else DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_func = nn.functional.cross_entropy
 
-    def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
+    def train(n_epoch: int, mark: Mark) -> None:
         for epoch in range(n_epoch):
-            if epoch == 1:
-                toggle("on")
+            mark(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             model.train()
             for xb, yb in dl:
-                loss = loss_func(model(xb), yb)
+                loss = loss_func(forward(xb), yb)
                 loss.backward()  # pyright: ignore[reportUnknownMemberType]
                 opt.step()  # pyright: ignore[reportUnknownMemberType]
                 opt.zero_grad()
-        toggle("off")
+        mark(n_epoch)
 
     return train
 
 
-class _Toggle(Callback):
-    """Switches instrumentation at the epoch boundaries (one hook each, per epoch)."""
+class _Marks(Callback):
+    """Calls ``mark`` at the epoch boundaries (one hook each, per epoch)."""
 
-    def __init__(self, toggle: Callable[[str], None]) -> None:
-        self.toggle = toggle
+    def __init__(self, mark: Mark) -> None:
+        self.mark = mark
 
     def begin_epoch(self) -> None:
-        if self.epoch == 1:
-            self.toggle("on")
+        self.mark(self.epoch)
 
     def after_epoch(self) -> None:
         if self.epoch == self.n_epoch - 1:
-            self.toggle("off")
+            self.mark(self.n_epoch)
 
 
 def _trainbus(dls: DataLoaders) -> Train:
     learn = Learner(_model(), dls, nn.functional.cross_entropy, lr=LR)
 
-    def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
-        learn.fit(n_epoch, cbs=[_Toggle(toggle)])
+    def train(n_epoch: int, mark: Mark) -> None:
+        learn.fit(n_epoch, cbs=[_Marks(mark)])
 
     return train
 
 
-def trainbus() -> Train:
-    return _trainbus(DataLoaders(_loader(), None))
+def trainbus(batches: int) -> Train:
+    return _trainbus(DataLoaders(_loader(batches), None))
 
 
-def trainbus_tensors() -> Train:
-    return _trainbus(DataLoaders.from_tensors(_data(), None, bs=1))
+def trainbus_tensors(batches: int) -> Train:
+    return _trainbus(DataLoaders.from_tensors(_data(batches), None, bs=1))
 
 
-def ignite() -> Train:
+def ignite(batches: int) -> Train:
     # Imported by name: Ignite is optional, and the type checkers run without it.
     ignite_engine: Any = importlib.import_module("ignite.engine")
     events, create_trainer = ignite_engine.Events, ignite_engine.create_supervised_trainer
 
-    model, dl = _model(), _loader()
+    model, dl = _model(), _loader(batches)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     engine: Any = create_trainer(model, opt, nn.functional.cross_entropy)
 
-    def train(n_epoch: int, toggle: Callable[[str], None]) -> None:
-        engine.add_event_handler(events.EPOCH_STARTED(once=2), lambda: toggle("on"))
-        engine.add_event_handler(events.EPOCH_COMPLETED(once=n_epoch), lambda: toggle("off"))
+    def train(n_epoch: int, mark: Mark) -> None:
+        def started(run: Any) -> None:
+            mark(run.state.epoch - 1)  # Ignite counts epochs from 1
+
+        engine.add_event_handler(events.EPOCH_STARTED, started)
+        engine.add_event_handler(events.EPOCH_COMPLETED(once=n_epoch), lambda: mark(n_epoch))
         engine.run(dl, max_epochs=n_epoch)
 
     return train
 
 
-CONTENDERS: Final[dict[str, tuple[str, Callable[[], Train]]]] = {
+CONTENDERS: Final[dict[str, tuple[str, Contender]]] = {
     "plain": ("plain PyTorch loop", plain),
     "trainbus": ("trainbus, default callbacks", trainbus),
     "tensors": ("trainbus, from_tensors", trainbus_tensors),
@@ -169,29 +185,50 @@ def _available(name: str) -> bool:
     return name != "ignite" or importlib.util.find_spec("ignite") is not None
 
 
-def worker(name: str, measured: int) -> None:
-    """Run in a process under callgrind: one warm-up epoch, then ``measured`` epochs."""
+def worker_command(name: str, n_epoch: int, batches: Sequence[int], *, dumps: bool) -> list[str]:
+    """The command line of a process that trains contender ``name`` (see :func:`worker`)."""
+    command = [sys.executable, __file__, "--worker", name, "--epochs", str(n_epoch)]
+    return command + ["--batches", *map(str, batches)] + (["--dumps"] if dumps else [])
+
+
+def worker(name: str, n_epoch: int, batches: Sequence[int], *, dumps: bool) -> None:
+    """Run in a process under callgrind: for each number in ``batches``, a new copy of the
+    contender trains ``n_epoch`` epochs of that many batches, the first a warm-up (see
+    :func:`callgrind.marks`).
+
+    Started with torchrun's variables and ``WORLD_SIZE > 1``, the process joins a Gloo
+    group first; there only rank 0 is measured (the others do not run under callgrind).
+    """
     torch.set_num_threads(1)
-    train = CONTENDERS[name][1]()
-    train(1 + measured, _toggle)
+    group = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if group:
+        dist.init_process_group("gloo")
+    try:
+        measured = not group or dist.get_rank() == 0
+        for n in batches:
+            train = CONTENDERS[name][1](n)
+            train(n_epoch, callgrind.marks(n_epoch, dumps=dumps) if measured else _unmarked)
+    finally:
+        if group:
+            dist.destroy_process_group()
+
+
+def _unmarked(epoch: int) -> None:
+    del epoch
 
 
 def instructions(name: str, measured: int, directory: Path) -> int:
     """Instructions counted while instrumentation was on, in a run of ``measured`` epochs."""
     out = directory / f"{name}-{measured}.out"
-    command = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-        sys.executable, __file__, "--worker", name, "--epochs", str(measured),
-    ]  # fmt: skip
-    # A fixed hash seed: dict and set layouts, and so the instructions, do not vary.
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    command = callgrind.command(out) + worker_command(name, 1 + measured, [N_BATCHES], dumps=False)
     subprocess.run(
-        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        command,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=callgrind.environment(),
     )
-    for line in out.read_text().splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
+    return callgrind.total(out)
 
 
 def measure(name: str, directory: Path) -> float:
@@ -203,10 +240,10 @@ def measure(name: str, directory: Path) -> float:
 def host_reads(name: str) -> float:
     """Device-to-host reads per training step, measured over one epoch after a warm-up."""
     torch.set_num_threads(1)
-    train = CONTENDERS[name][1]()
-    train(1, lambda _: None)
+    train = CONTENDERS[name][1](N_BATCHES)
+    train(1, _unmarked)
     with counting_syncs() as count:
-        train(1, lambda _: None)
+        train(1, _unmarked)
     return count[0] / N_BATCHES
 
 
@@ -215,18 +252,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), help="contenders")
     parser.add_argument("--check", action="store_true", help="exit 1 when the budget is missed")
     parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
-    parser.add_argument("--epochs", type=int, default=SHORT, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=1 + SHORT, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[N_BATCHES], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--dumps", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--per-step", choices=sorted(CONTENDERS), help="print one figure")
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.epochs)
+        worker(args.worker, args.epochs, args.batches, dumps=args.dumps)
         return 0
     if args.per_step:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{measure(args.per_step, Path(tmp)):.0f}")
         return 0
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("valgrind (with callgrind_control) is needed: apt-get install valgrind")
+    if not callgrind.available():
+        print(callgrind.NEEDED)
         return 2
     names = [n for n in (args.only or CONTENDERS) if _available(n)]
     if "plain" not in names:
