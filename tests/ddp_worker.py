@@ -303,6 +303,19 @@ def exact(out: Path, rank: int, *, torch_loaders: bool = False) -> dict[str, Any
     return {**results(learn), "written": checkpoint.written, "subscribed": subscribed.names}
 
 
+def restart(out: Path, rank: int) -> dict[str, Any]:
+    """The exact scenario under ``torchrun --max-restarts=1``: the first attempt is killed
+    after step 10 (every rank), the restarted one resumes from ``latest`` and finishes."""
+    folder = out / "ckpt"
+    marks = out / f"marks{rank}"
+    marks.mkdir(exist_ok=True)  # the kill happens once: the restart finds its mark
+    killer = KillAfterWrite(marks, EXACT_KILL, folder, "step-00000008.pt")
+    learn = exact_learner(8)
+    exact_fit(learn, folder, rank=rank, extra=[killer], resume="latest")
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return {**results(learn), "attempt": attempt, "owns_group": learn.distributed.owns_group}
+
+
 class SignalAt(Callback):
     """Sends this process SIGTERM before training batch ``at`` of epoch 0 (as a scheduler
     would, at a different moment on each rank)."""
@@ -359,6 +372,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "exact": exact,
     "exact_loaders": functools.partial(exact, torch_loaders=True),
     "interrupt": interrupt,
+    "restart": restart,
 }
 
 

@@ -280,6 +280,28 @@ def test_a_mid_epoch_resume_on_two_ranks_is_exact_on_each(
 
 
 @pytest.mark.slow
+def test_torchrun_restarts_a_killed_fit_that_resumes_exactly(
+    exact_runs: tuple[Path, list[Any], list[Any]], tmp_path: Path
+) -> None:
+    _, full, _ = exact_runs
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "--max-restarts=1", str(WORKER), "restart", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINBUS_DIST_TIMEOUT": "60"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=BOUND_S, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all((tmp_path / f"marks{rank}" / "killed-step10").exists() for rank in range(2))
+    restarted = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for rank in range(2):
+        assert restarted[rank]["attempt"] == 1  # the second attempt finished the fit
+        assert restarted[rank]["owns_group"]  # initialised from torchrun's environment
+        assert_identical(full[rank], restarted[rank])
+
+
+@pytest.mark.slow
 def test_a_mid_epoch_resume_on_two_ranks_is_exact_with_torch_loaders(tmp_path: Path) -> None:
     # DataLoader(shuffle=True), re-made on a DistributedSampler: skipped ahead by index.
     full = launch("exact_loaders", tmp_path, phase="full")

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, final
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
+from torch.distributed.distributed_c10d import PrefixStore
+from torch.distributed.rendezvous import rendezvous  # pyright: ignore[reportUnknownVariableType]
 from torch.nn.parallel import DistributedDataParallel
 
 if TYPE_CHECKING:
@@ -323,10 +326,26 @@ def _init_group() -> None:
         backend = "cpu:gloo,cuda:nccl"
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = _timeout()
-    if timeout is None:
-        dist.init_process_group(backend)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        if timeout is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     else:
-        dist.init_process_group(backend, timeout=timeout)
+        # torchrun keeps its store across restarts (--max-restarts), and a restarted Gloo
+        # group would read the ended attempt's addresses from it and fail to connect: each
+        # attempt's group keeps its keys apart.
+        wait = default_pg_timeout if timeout is None else timeout
+        handshake = rendezvous("env://", timeout=wait)
+        store, rank, world_size = next(handshake)
+        dist.init_process_group(
+            backend,
+            store=PrefixStore(f"trainbus/attempt_{attempt}", store),
+            rank=rank,
+            world_size=world_size,
+            timeout=wait,
+        )
     atexit.register(_destroy_group)
 
 
