@@ -39,8 +39,8 @@ class Checkpoint(CheckpointSchedule):
     crash leaves the previous checkpoint and ``latest`` intact; then the oldest files
     beyond ``keep_last`` are removed. The state is copied at the batch boundary (one copy
     of it, packed into a few flat tensors) and saved by a background thread while training
-    goes on (one write at a time; the next epoch does not wait for it), and the fit's
-    checkpoints are on disk before it returns.
+    goes on; an epoch's checkpoints are on disk before the next epoch begins (a kill early
+    in an epoch finds the last epoch's end saved), and the fit's before it returns.
 
     It runs last in every event (``order = 1000``), so it saves what the other callbacks
     did with the batch or epoch. A callback that stops the fit in ``after_epoch``
@@ -117,6 +117,10 @@ class Checkpoint(CheckpointSchedule):
         self._dropping = []
         self._unremoved = []
         super().begin_fit()
+
+    @override
+    def begin_epoch(self) -> None:
+        self._writer.wait()  # the last epoch's checkpoints are on disk before this one starts
 
     @override
     def teardown(self) -> None:
