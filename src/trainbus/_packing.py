@@ -71,10 +71,10 @@ def packed(tree: object) -> dict[str, Any]:
     (the same tensor or container) is copied once and appears twice in the copy; distinct
     tensors that shared a storage are copied separately.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    offsets: dict[tuple[torch.device, torch.dtype], int] = {}
-    marks: list[tuple[tuple[torch.device, torch.dtype], list[Any]]] = []
-
+    # Each (device, dtype) met gets a group: its index, its tensors, and their size so far.
+    groups: dict[tuple[torch.device, torch.dtype], int] = {}
+    parts: list[list[torch.Tensor]] = []
+    sizes: list[int] = []
     memo: dict[int, object] = {}  # an object met twice is copied once: sharing is kept
 
     def walk(value: object) -> object:
@@ -89,26 +89,21 @@ def packed(tree: object) -> dict[str, Any]:
     def copied(value: object, kind: type) -> object:
         if kind is torch.Tensor and _packable(cast("torch.Tensor", value)):
             tensor = cast("torch.Tensor", value)
-            key = (tensor.device, tensor.dtype)
-            offset = offsets.get(key, 0)
-            groups.setdefault(key, []).append(tensor.reshape(-1))
-            offsets[key] = offset + tensor.numel()
-            spec: list[Any] = [key, offset, list(tensor.shape)]
-            marks.append((key, spec))
-            return {TENSOR_MARK: spec}
+            group = groups.setdefault((tensor.device, tensor.dtype), len(groups))
+            if group == len(parts):
+                parts.append([])
+                sizes.append(0)
+            offset = sizes[group]
+            parts[group].append(tensor.reshape(-1))
+            sizes[group] += tensor.numel()
+            return {TENSOR_MARK: [group, offset, list(tensor.shape)]}
         if isinstance(value, torch.Tensor):
             return _own_copy(value)
         return _rebuilt(value, walk)
 
     tree_copy = walk(tree)
-    flats: list[torch.Tensor] = []
-    index: dict[tuple[torch.device, torch.dtype], int] = {}
-    for key, tensors in groups.items():
-        index[key] = len(flats)
-        flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0].clone()
-        flats.append(flat.to("cpu"))  # one transfer per dtype from an accelerator
-    for key, spec in marks:
-        spec[0] = index[key]
+    # One copy per group (a group of one is cloned), then one transfer from an accelerator.
+    flats = [(torch.cat(ts) if len(ts) > 1 else ts[0].clone()).to("cpu") for ts in parts]
     return {"tensors": flats, "tree": tree_copy}
 
 
