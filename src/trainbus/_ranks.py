@@ -21,23 +21,32 @@ from ._distributed import gathered
 if TYPE_CHECKING:
     from ._learner import Learner
 
-__all__ = ["processes", "rank_entry", "training_entries"]
+__all__ = ["processes", "rank_entry", "send_training_state", "training_entries"]
 
 
-def training_entries(learn: Learner, own: dict[str, Any]) -> dict[str, Any] | None:
-    """The training entries of a checkpoint written now, given this rank's ``own`` entry
+def training_entries(learn: Learner, own: dict[str, Any]) -> dict[str, Any]:
+    """The training entries of a checkpoint rank 0 writes now, given its ``own`` entry
     (of :func:`~trainbus._resume.training_state`).
 
-    On one process ``{"train": own}``. On many, a collective (every rank calls it at the
-    same boundary): rank 0 gets ``{"train": its entry, "world_size": n, "ranks": every
-    rank's entry}``, the other ranks ``None`` (they send theirs to rank 0).
+    On one process ``{"train": own}``. On many, rank 0's side of a collective whose other
+    ranks call :func:`send_training_state` at the same boundary: ``{"train": own,
+    "world_size": n, "ranks": every rank's entry}``.
+
+    Raises:
+        RuntimeError: Called on a rank other than 0.
     """
     if not learn.distributed.active:
         return {"train": own}
-    entries = gathered(own if learn.rank == 0 else cpu_copy(own))
+    entries = gathered(own)
     if entries is None:
-        return None
+        raise RuntimeError("training_entries is rank 0's; other ranks send_training_state")
     return {"train": own, "world_size": len(entries), "ranks": entries}
+
+
+def send_training_state(learn: Learner, own: dict[str, Any]) -> None:
+    """Send this rank's ``own`` entry to rank 0, which calls :func:`training_entries` at
+    the same boundary (a collective). A copy on the CPU travels, pickled."""
+    gathered(cpu_copy(own))
 
 
 def processes(n: int) -> str:

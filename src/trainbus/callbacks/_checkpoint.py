@@ -165,19 +165,15 @@ class Checkpoint(CheckpointSchedule):
         # The file records the list it belongs to and the files its write removes.
         self.written, self._dropping = kept, dropped
         try:
-            own = training_state(self.learn, phase)
-            # Every rank's: the other ranks' stand-ins send theirs now (None there).
-            entries = training_entries(self.learn, own)
-            state: dict[str, Any] | None = None
-            if entries is not None:
-                ckpt = {**checkpoint_dict(self.learn, with_opt=True), **entries}
-                state = packed_checkpoint(ckpt)
+            # Every rank's: the other ranks' stand-ins send theirs now.
+            entries = training_entries(self.learn, training_state(self.learn, phase))
+            ckpt = {**checkpoint_dict(self.learn, with_opt=True), **entries}
+            state = packed_checkpoint(ckpt)
         except BaseException:
             self.written = previous
             raise
         self._unremoved = []
-        if state is not None:
-            self._writer.submit(functools.partial(self._write, state, name, dropped))
+        self._writer.submit(functools.partial(self._write, state, name, dropped))
 
     def _write(self, state: dict[str, Any], name: str, dropped: list[str]) -> None:
         """The file, then ``latest`` naming it, then the files beyond ``keep_last`` removed."""

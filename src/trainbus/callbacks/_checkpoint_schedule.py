@@ -19,7 +19,7 @@ from .._callback import Callback
 from .._checks import checked_int
 from .._distributed import announce_failure, any_rank
 from .._hooks import SubscriberClasses
-from .._ranks import training_entries
+from .._ranks import send_training_state
 from .._resume import PHASE_START, Phase, phase_start, training_state
 from ._core import Recorder, TrainEvalCallback
 
@@ -166,4 +166,4 @@ class CheckpointStandIn(CheckpointSchedule):
 
     @override
     def _save(self, phase: Phase) -> None:
-        training_entries(self.learn, training_state(self.learn, phase))  # sent to rank 0
+        send_training_state(self.learn, training_state(self.learn, phase))
