@@ -549,7 +549,7 @@ def test_one_process_checkpoints_hold_one_entry_and_version_1_files_resume(
     tmp_path: Path,
 ) -> None:
     path, ckpt = written_checkpoint(tmp_path, "step-00000002.pt")  # inside epoch 0
-    assert ckpt["trainbus_checkpoint"] == FORMAT_VERSION == 2
+    assert ckpt["trainbus_checkpoint"] == FORMAT_VERSION == 3
     assert "world_size" not in ckpt and "ranks" not in ckpt  # one process: "train" only
     ckpt["trainbus_checkpoint"] = 1  # written before the per-rank entries: one process's
     torch.save(ckpt, path)

@@ -4,6 +4,7 @@ an own copy of the state, and a clear error for a packed state that does not fit
 from __future__ import annotations
 
 import io
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, cast
@@ -17,7 +18,8 @@ from torch import nn
 from conftest import tiny_learner
 from trainbus import CheckpointError, read_checkpoint
 from trainbus._checkpoint import FORMAT_KEY, checkpoint_dict, packed_checkpoint, write_checkpoint
-from trainbus._packing import TENSOR_MARK, packed, unpacked
+from trainbus._packing import KIND, packed, unpacked
+from trainbus._packing_v2 import TENSOR_MARK
 
 DTYPES = (
     torch.float32,
@@ -110,14 +112,40 @@ def test_one_flat_tensor_per_dtype_holds_every_tensor_of_the_tree() -> None:
         "c": (torch.tensor([1, 2, 3]), torch.tensor([True, False])),  # empty, non-contiguous
     }
     result = packed(tree)
-    assert [(t.dtype, t.numel()) for t in result["tensors"]] == [
-        (torch.float32, 6 + 1 + 0 + 4),
-        (torch.int64, 3),
-        (torch.bool, 2),
-    ]
-    assert result["tree"]["a"] == {TENSOR_MARK: [0, 0, [2, 3]]}
-    assert result["tree"]["b"][2] == {TENSOR_MARK: [0, 7, [2, 2]]}
+    document = json.loads(result["json"])
+    # float32 at 0 (11 values, 44 bytes), then int64 and bool each at a multiple of 64.
+    assert document["groups"] == [["float32", 0, 6 + 1 + 0 + 4], ["int64", 64, 3], ["bool", 128, 2]]
+    assert result["data"].dtype == torch.uint8 and result["data"].numel() == 128 + 2
+    assert document["tree"]["a"] == {KIND: "t", "v": [0, 0, [2, 3]]}
+    assert document["tree"]["b"][2] == {KIND: "t", "v": [0, 7, [2, 2]]}
     assert_same_tree(unpacked(result), tree)
+
+
+def test_everything_but_the_tensors_is_one_json_string_of_plain_values() -> None:
+    tree = {"loop": {"epoch": 3, "pct": 0.25, "phase": "train", "done": False, "ema": None}}
+    result = packed(tree)
+    assert json.loads(result["json"]) == {"groups": [], "tree": tree}
+    assert result["data"].numel() == 0 and result["objects"] == []
+
+
+def test_values_json_has_no_form_for_round_trip_exactly() -> None:
+    tree = {
+        "opt_state": {0: {"step": torch.tensor(3.0)}, 1: {}},  # int keys
+        (1, "a"): [float("inf"), float("-inf"), -0.0, 2**80, 1e-310],  # a tuple key
+        KIND: "a key the encoding uses",
+        "leaves": [torch.float16, torch.device("cpu"), torch.Size([2, 3]), 1 - 2j, b"\x00\xff"],
+        "rng": (3, torch.arange(4), None),
+        "empty": {},
+    }
+    result = unpacked(saved_and_loaded(packed(tree)))
+    assert_same_tree(result, tree)
+    nan = cast("dict[str, list[float]]", unpacked(packed({"x": [float("nan")]})))["x"][0]
+    assert nan != nan
+
+
+def test_a_bool_stays_a_bool_and_a_float_a_float() -> None:
+    result = cast("list[object]", unpacked(saved_and_loaded(packed([True, 1, 1.0, 0, False]))))
+    assert [type(value) for value in result] == [bool, int, float, int, bool]
 
 
 def test_the_packed_state_is_a_copy_the_live_state_can_change_under() -> None:
@@ -151,14 +179,26 @@ def test_a_state_dicts_metadata_is_kept_so_versioned_modules_load_as_saved() -> 
 def test_tensors_a_flat_buffer_cannot_hold_are_copied_as_they_are() -> None:
     parameter = nn.Parameter(torch.ones(2))
     leaf = torch.zeros(2, requires_grad=True)
-    result = packed({"p": parameter, "leaf": leaf})
-    assert result["tensors"] == []
-    assert type(result["tree"]["p"]) is nn.Parameter
-    assert result["tree"]["p"] is not parameter
-    assert result["tree"]["leaf"].requires_grad
+    result = packed({"p": parameter, "leaf": leaf, "again": parameter})
+    assert result["data"].numel() == 0
+    copied_parameter, copied_leaf = result["objects"]
+    assert type(copied_parameter) is nn.Parameter
+    assert copied_parameter is not parameter
+    assert copied_leaf.requires_grad
     with torch.no_grad():
         parameter.add_(1)
-    assert torch.equal(result["tree"]["p"], torch.ones(2))
+    tree = cast("dict[str, torch.Tensor]", unpacked(result))
+    assert torch.equal(tree["p"], torch.ones(2))
+    assert tree["again"] is tree["p"]
+
+
+def _v3(tree: str, data: torch.Tensor | None = None, groups: str = "[]") -> dict[str, Any]:
+    """A version 3 packed state with the JSON tree ``tree``."""
+    data = torch.zeros(0, dtype=torch.uint8) if data is None else data
+    return {"data": data, "json": f'{{"groups":{groups},"tree":{tree}}}', "objects": []}
+
+
+_FOUR_FLOATS = torch.zeros(16, dtype=torch.uint8)
 
 
 @pytest.mark.parametrize(
@@ -168,6 +208,19 @@ def test_tensors_a_flat_buffer_cannot_hold_are_copied_as_they_are() -> None:
         ({"tensors": [torch.zeros(2)], "tree": {TENSOR_MARK: [0, 1, [2]]}}, "does not fit"),
         ({"tensors": [torch.zeros(2)], "tree": {TENSOR_MARK: [1, 0, [1]]}}, "does not fit"),
         ({"tensors": [torch.zeros(2)], "tree": {TENSOR_MARK: "x"}}, "does not fit"),
+        (_v3(f'{{"{KIND}":"t","v":[0,3,[2]]}}', _FOUR_FLOATS, '[["float32",0,4]]'), "mark"),
+        (_v3("[]", _FOUR_FLOATS, '[["float32",8,4]]'), "group .* does not fit"),
+        (_v3("[]", _FOUR_FLOATS, '[["float64",4,1]]'), "does not fit"),  # not aligned
+        (_v3("[]", _FOUR_FLOATS, '[["nn",0,1]]'), "not a torch dtype"),
+        (_v3(f'{{"{KIND}":"ref","v":0}}'), "does not fit"),
+        (_v3(f'[{{"{KIND}":"ref","v":0}}]'), "not built yet"),
+        (_v3(f'{{"{KIND}":"obj","v":0}}'), "does not fit"),
+        (_v3(f'{{"{KIND}":"dtype","v":"nn"}}'), "not a torch dtype"),
+        (_v3(f'{{"{KIND}":"what","v":0}}'), "unknown kind 'what'"),
+        ({**_v3("[]"), "json": '{"a":'}, "not JSON"),
+        ({**_v3("[]"), "json": "[]"}, "does not fit"),
+        ({**_v3("[]"), "objects": {}}, "'objects' not a list"),
+        ({**_v3("[]"), "data": torch.zeros(2)}, "not a 1-d uint8 tensor"),
     ],
 )
 def test_a_packed_state_that_does_not_fit_is_a_value_error(
@@ -190,12 +243,32 @@ def test_a_packed_checkpoint_reads_back_as_the_checkpoint_it_packed(tmp_path: Pa
 def test_a_corrupt_packed_checkpoint_is_an_error_naming_the_file(tmp_path: Path) -> None:
     learn = tiny_learner()
     state = packed_checkpoint(checkpoint_dict(learn, with_opt=False))
-    state["packed"]["tensors"] = []
+    state["packed"]["data"] = state["packed"]["data"][:10]
     write_checkpoint(state, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*bad\.pt: a packed tensor"):
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*bad\.pt: a packed group"):
         read_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*bad\.pt"):
         learn.load(tmp_path / "bad.pt", with_opt=False)
+
+
+def test_a_version_2_checkpoint_still_loads(tmp_path: Path) -> None:
+    learn = tiny_learner()
+    learn.fit(1)
+    state = learn.model.state_dict()
+    marks: OrderedDict[str, object] = OrderedDict()
+    offset = 0
+    for name, tensor in state.items():
+        marks[name] = {TENSOR_MARK: [0, offset, list(tensor.shape)]}
+        offset += tensor.numel()
+    marks._metadata = state._metadata  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+    flat = torch.cat([tensor.reshape(-1) for tensor in state.values()])
+    packed_v2 = {"tensors": [flat], "tree": {"model": marks, "ranks": [marks, marks]}}
+    torch.save({FORMAT_KEY: 2, "packed": packed_v2}, tmp_path / "v2.pt")
+    ckpt = read_checkpoint(tmp_path / "v2.pt")
+    assert ckpt["ranks"][0] is ckpt["ranks"][1] is ckpt["model"]
+    other = tiny_learner()
+    other.load(tmp_path / "v2.pt", with_opt=False)
+    assert_same_tree(other.model.state_dict(), state)
 
 
 def test_a_version_1_checkpoint_still_loads(tmp_path: Path) -> None:
@@ -212,7 +285,7 @@ def test_an_object_met_twice_is_copied_once_and_stays_shared() -> None:
     weights = torch.arange(3.0)
     entry = {"w": weights, "steps": [1]}
     result = packed({"train": entry, "ranks": [entry], "again": weights})
-    assert [t.numel() for t in result["tensors"]] == [3]
+    assert result["data"].numel() == 3 * 4
     tree = cast("dict[str, Any]", unpacked(saved_and_loaded(result)))
     assert tree["ranks"][0] is tree["train"]
     assert tree["again"] is tree["train"]["w"]

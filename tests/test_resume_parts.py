@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import tiny_learner
 from resume_driver import fit, make_learner
 from test_resume import Crash
 from trainbus import Callback, DataLoaders, Learner
+from trainbus._resume import PHASE_START
 from trainbus.callbacks import Checkpoint, CSVLogger, ReduceLROnPlateau, SaveModelCallback
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -198,3 +200,36 @@ def test_trackers_and_the_csv_log_resume_exactly(tmp_path: Path) -> None:
     assert resumed.recorder.values == straight.recorder.values
     for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class _PhaseStarts(Callback):
+    """Whether a phase start was published, at each phase's start (after Checkpoint's)."""
+
+    run_after = Checkpoint
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, bool]] = []
+
+    def begin_train(self) -> None:
+        self.seen.append(("train", self.epoch, PHASE_START in self.learn.state.extras))
+
+    def begin_validate(self) -> None:
+        self.seen.append(("valid", self.epoch, PHASE_START in self.learn.state.extras))
+
+
+@pytest.mark.parametrize("save_on_interrupt", [False, True])
+def test_a_phase_start_is_taken_only_for_a_phase_a_checkpoint_may_fall_in(
+    tmp_path: Path, save_on_interrupt: bool
+) -> None:
+    # 3 training batches an epoch: steps 1-3, 4-6, 7-9, 10-12; a checkpoint every 5.
+    watch = _PhaseStarts()
+    every = Checkpoint(tmp_path, every_n_steps=5, save_on_interrupt=save_on_interrupt)
+    tiny_learner([every, watch]).fit(4)
+    expected = [(False, False), (True, False), (False, False), (True, False)]
+    if save_on_interrupt:  # a signal may come in any phase
+        expected = [(True, True)] * 4
+    assert watch.seen == [
+        (phase, epoch, published)
+        for epoch, pair in enumerate(expected)
+        for phase, published in zip(("train", "valid"), pair, strict=True)
+    ]

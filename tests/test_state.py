@@ -466,6 +466,15 @@ def test_extras_are_typed_by_their_key() -> None:
         extras[EMA] = wrong
 
 
+def test_an_extra_is_withdrawn_with_del() -> None:
+    extras = Extras()
+    extras[EMA] = 0.25
+    del extras[EMA]
+    assert EMA not in extras and len(extras) == 0
+    with pytest.raises(KeyError, match=r"no value was published for StateKey\('ema', float\)"):
+        del extras[EMA]
+
+
 class _Publisher(Callback):
     @override
     def after_batch(self) -> None:

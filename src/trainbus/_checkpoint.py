@@ -10,15 +10,17 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and read with
      "world_size": 2, "ranks": [{...}, ...]} # and on many processes, every rank's entry
 
 ``learn.save`` writes it so (``torch.load(path)["model"]`` is a plain state dict). The
-Checkpoint callback writes training checkpoints packed (format version 2), as
-``{"trainbus_checkpoint": 2, "packed": packed(the rest)}`` (see ``_packing.py``): a
-fraction of the time to copy and to save. :func:`read_checkpoint` reads both.
+Checkpoint callback writes training checkpoints packed (format version 3), as
+``{"trainbus_checkpoint": 3, "packed": packed(the rest)}`` (see ``_packing.py``): a
+fraction of the time to copy and to save. :func:`read_checkpoint` reads both, and the
+files of older versions.
 
 Everything is checked before anything is changed, and every error names the file.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 from collections.abc import Mapping, Sequence
@@ -50,16 +52,18 @@ __all__ = [
     "packed_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
+    "tensor_of",
     "unpack_floats",
     "unwrap_model",
     "write_checkpoint",
 ]
 
 FORMAT_KEY: Final = "trainbus_checkpoint"
-FORMAT_VERSION: Final = 2
-"""The newest format this trainbus reads. 2: the per-rank entries of a fit on many
-processes (a reader of 1 would resume every rank from rank 0's), and training checkpoints
-packed. Files of version 1 read as written by one process, unpacked."""
+FORMAT_VERSION: Final = 3
+"""The newest format this trainbus reads. 3: a packed tree's non-tensor part is JSON text.
+2: the per-rank entries of a fit on many processes (a reader of 1 would resume every rank
+from rank 0's), and training checkpoints packed. Files of version 1 read as written by one
+process, unpacked."""
 _PACKED: Final = "packed"
 
 PathLike = str | os.PathLike[str]
@@ -103,11 +107,22 @@ def optimizer_type(opt: torch.optim.Optimizer) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+_ARRAY_TYPECODES: Final = {torch.float64: "d", torch.int64: "q"}
+
+
+def tensor_of(values: Sequence[float] | Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """``torch.tensor(values, dtype=dtype)`` for a float64 or int64 ``dtype``, through an
+    array's buffer: a fifth of the time (it reads no Python object twice)."""
+    if not values:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(array.array(_ARRAY_TYPECODES[dtype], values), dtype=dtype)
+
+
 def pack_floats(values: Sequence[object]) -> torch.Tensor | list[object]:
     """A list of Python floats as one float64 tensor: exact, and one object to save
     rather than one per value (their number grows with the fit). Other lists unchanged."""
-    if all(type(value) is float for value in values):
-        return torch.tensor(values, dtype=torch.float64)
+    if set(map(type, values)) <= {float}:
+        return tensor_of(cast("Sequence[float]", values), torch.float64)
     return list(values)
 
 

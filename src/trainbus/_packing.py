@@ -1,58 +1,73 @@
-"""A state tree's tensors packed into one flat tensor per dtype: cheap to copy and to save.
+"""A state tree packed for a fast save: its tensors as one tensor of bytes, the rest as JSON.
 
 ``torch.save`` spends some tens of microseconds on every tensor it writes (Python-level
-pickling hooks, one zip record each), so a training checkpoint of a small network (~40
-tensors: weights, optimizer moments, gradients, random states) took about 1.5 ms to
-serialize, almost all of it per-tensor overhead. Packed, it writes a handful of tensors.
+pickling hooks, one zip record each) and a microsecond or two on every other object it
+pickles (a Python ``persistent_id`` call each), so a training checkpoint of a small
+network (~40 tensors among ~500 dicts, lists, numbers and strings) took about 2 ms to
+serialize, almost all of it per-object overhead. Packed, it writes one tensor (of bytes)
+and one string.
 
-:func:`packed` is also the checkpoint's one copy of the state: it rebuilds every container
+:func:`packed` is also the checkpoint's one copy of the state: it encodes every container
 and copies every tensor (one ``torch.cat`` per dtype, then one transfer to the CPU), so the
 result can be written on another thread while training changes the live state.
 
-A packed tree is plain data that ``torch.load(weights_only=True)`` reads::
+A packed tree (format version 3) is plain data that ``torch.load(weights_only=True)``
+reads::
 
-    {"tensors": [flat tensor per dtype, ...],
-     "tree": the tree, each packed tensor replaced by {TENSOR_MARK: [group, offset, shape]}}
+    {"data": one uint8 tensor: the bytes of each dtype's flat tensor, in turn,
+     "json": '{"groups": [[dtype, byte offset, number of elements], ...],
+               "tree": the tree (below)}',
+     "objects": [what neither holds (see below), ...]}
+
+In the JSON, lists, strings, numbers (``NaN`` and infinities included), booleans and
+``None`` are themselves, and so is a plain ``dict`` with string keys; everything else is
+an object ``{KIND: kind, "v": payload}`` (a dict that has the key ``KIND`` is one too)::
+
+    "t"        a packed tensor: [its group, offset in the group's elements, shape]
+    "tuple"    [items]
+    "dict"     [[key, value], ...]: a dict with keys other than strings
+    "odict"    [[key, value], ...] and "m": a state dict's ``_metadata`` (an OrderedDict)
+    "ref"      n: the n-th container or packed tensor met (depth first), met again
+    "obj"      i: ``objects[i]``, an object JSON does not hold (saved as it is)
+    "dtype", "device", "size", "complex", "bytes"   torch.dtype, torch.device,
+               torch.Size, complex and bytes values
+
+Version 2 files hold the tree itself, tensors replaced by marks; :func:`unpacked` reads
+both (see ``_packing_v2.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, cast
 
 import torch
 
-__all__ = ["TENSOR_MARK", "packed", "unpacked"]
+from ._packing_v2 import tensor_at, unpacked_v2
 
-TENSOR_MARK: Final = "trainbus.packed_tensor"
-"""The key of the one-entry dict that stands for a packed tensor in a packed tree."""
+__all__ = ["KIND", "packed", "unpacked"]
 
-# Leaves that cannot change after the checkpoint is taken: kept, not copied.
-_IMMUTABLE: Final[tuple[type, ...]] = (
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    type(None),
-    torch.dtype,
-    torch.device,
-    torch.Size,
-)
+KIND: Final = "trainbus.kind"
+"""The key of an object that encodes a value JSON has no form for (see the module doc)."""
+
+# Leaves JSON holds as they are (exact: floats are written with repr).
+_JSON_LEAVES: Final[frozenset[type]] = frozenset({str, int, float, bool, type(None)})
+_STR_KEYS: Final = frozenset({str})
+_ALIGN: Final = 64
 
 
-def _packable(tensor: torch.Tensor) -> bool:
-    """Plain dense tensors; subclasses, sparse, quantized, meta and autograd leaves are
-    saved as they are (copied), since a flat buffer would lose what makes them so."""
+def _packable(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Plain dense tensors (of class ``torch.Tensor``, on ``device``); sparse, quantized,
+    meta and autograd leaves are saved as they are (copied), as are subclasses, since a
+    flat buffer would lose what makes them so."""
     return (
-        type(tensor) is torch.Tensor
+        not tensor.requires_grad
         and tensor.layout == torch.strided
         and not tensor.is_quantized
-        and not tensor.requires_grad
-        and tensor.device.type != "meta"
+        and device.type != "meta"
     )
 
 
@@ -62,119 +77,232 @@ def _own_copy(tensor: torch.Tensor) -> torch.Tensor:
     return copy.deepcopy(tensor) if tensor.is_leaf else tensor.detach().clone()
 
 
-def packed(tree: object) -> dict[str, Any]:
-    """A copy of ``tree`` (dicts, lists, tuples, tensors, numbers, strings...) with its plain
-    tensors packed into one flat CPU tensor per dtype; see :func:`unpacked`.
+def _tagged(kind: str, payload: object) -> dict[str, object]:
+    return {KIND: kind, "v": payload}
 
-    ``dict`` s and ``OrderedDict`` s (with a state dict's ``_metadata``), ``list`` s and
-    ``tuple`` s are rebuilt; other objects are deep-copied. An object that appears twice
-    (the same tensor or container) is copied once and appears twice in the copy; distinct
-    tensors that shared a storage are copied separately.
+
+def packed(tree: object) -> dict[str, Any]:
+    """A copy of ``tree`` (dicts, lists, tuples, tensors, numbers, strings...): its plain
+    tensors packed into one flat CPU tensor per dtype, the rest encoded as JSON; see
+    :func:`unpacked`.
+
+    ``dict`` s and ``OrderedDict`` s (with a state dict's ``_metadata``), ``list`` s,
+    ``tuple`` s and the leaves JSON holds are encoded; other objects are deep-copied and
+    saved as they are. An object that appears twice (the same tensor or container) is
+    copied once and appears twice in the copy; distinct tensors that shared a storage are
+    copied separately.
     """
     # Each (device, dtype) met gets a group: its index, its tensors, and their size so far.
     groups: dict[tuple[torch.device, torch.dtype], int] = {}
     parts: list[list[torch.Tensor]] = []
     sizes: list[int] = []
-    memo: dict[int, object] = {}  # an object met twice is copied once: sharing is kept
+    objects: list[object] = []
+    # Containers and packed tensors are numbered as met (depth first): met again, each is
+    # a "ref" to its number. Other objects met again are encoded as they were.
+    seen: dict[int, object] = {}
+    n_numbered = 0
 
     def walk(value: object) -> object:
         kind = type(value)
-        if kind in _IMMUTABLE:
+        if kind in _JSON_LEAVES:
             return value
-        done = memo.get(id(value))
-        if done is None:
-            done = memo[id(value)] = copied(value, kind)
+        done = seen.get(id(value))
+        if done is not None:
+            return done
+        nonlocal n_numbered
+        if kind is dict or kind is list or kind is tuple or kind is OrderedDict:
+            seen[id(value)] = {KIND: "ref", "v": n_numbered}
+            n_numbered += 1
+            return container(value, kind)
+        if kind is torch.Tensor:
+            tensor = cast("torch.Tensor", value)
+            device = tensor.device
+            if _packable(tensor, device):
+                seen[id(value)] = {KIND: "ref", "v": n_numbered}
+                n_numbered += 1
+                return mark(tensor, device)
+        done = seen[id(value)] = leaf(value, kind)
         return done
 
-    def copied(value: object, kind: type) -> object:
-        if kind is torch.Tensor and _packable(cast("torch.Tensor", value)):
-            tensor = cast("torch.Tensor", value)
-            group = groups.setdefault((tensor.device, tensor.dtype), len(groups))
-            if group == len(parts):
-                parts.append([])
-                sizes.append(0)
-            offset = sizes[group]
-            parts[group].append(tensor.reshape(-1))
-            sizes[group] += tensor.numel()
-            return {TENSOR_MARK: [group, offset, list(tensor.shape)]}
-        if isinstance(value, torch.Tensor):
-            return _own_copy(value)
-        return _rebuilt(value, walk)
+    def container(value: object, kind: type) -> object:
+        if kind is dict:
+            mapping = cast("dict[object, object]", value)
+            if set(map(type, mapping)) <= _STR_KEYS and KIND not in mapping:
+                return {key: walk(item) for key, item in mapping.items()}
+            return {KIND: "dict", "v": [[walk(key), walk(item)] for key, item in mapping.items()]}
+        if kind is list:
+            return [walk(item) for item in cast("list[object]", value)]
+        if kind is tuple:
+            return {KIND: "tuple", "v": [walk(item) for item in cast("tuple[object, ...]", value)]}
+        mapping = cast("dict[object, object]", value)
+        pairs = [[walk(key), walk(item)] for key, item in mapping.items()]
+        encoded: dict[str, object] = {KIND: "odict", "v": pairs}
+        metadata: object = getattr(value, "_metadata", None)
+        if metadata is not None:
+            encoded["m"] = walk(metadata)
+        return encoded
 
-    tree_copy = walk(tree)
-    # One copy per group (a group of one is cloned), then one transfer from an accelerator.
-    flats = [(torch.cat(ts) if len(ts) > 1 else ts[0].clone()).to("cpu") for ts in parts]
-    return {"tensors": flats, "tree": tree_copy}
+    def mark(tensor: torch.Tensor, device: torch.device) -> object:
+        group = groups.setdefault((device, tensor.dtype), len(groups))
+        if group == len(parts):
+            parts.append([])
+            sizes.append(0)
+        offset = sizes[group]
+        parts[group].append(tensor.reshape(-1))
+        sizes[group] = offset + tensor.numel()
+        return {KIND: "t", "v": [group, offset, list(tensor.shape)]}
+
+    def leaf(value: object, kind: type) -> object:
+        if kind is torch.dtype:
+            return _tagged("dtype", str(value).removeprefix("torch."))
+        if kind is torch.device:
+            return _tagged("device", str(value))
+        if kind is torch.Size:
+            return _tagged("size", list(cast("torch.Size", value)))
+        if kind is complex:
+            number = cast("complex", value)
+            return _tagged("complex", [number.real, number.imag])
+        if kind is bytes:
+            return _tagged("bytes", cast("bytes", value).hex())
+        copied = _own_copy(value) if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+        objects.append(copied)
+        return _tagged("obj", len(objects) - 1)
+
+    encoded = walk(tree)
+    # Each group's bytes in one buffer, at a multiple of _ALIGN (a view of any dtype fits).
+    layout: list[list[object]] = []
+    end = 0
+    for (_, dtype), group in groups.items():
+        start = -(-end // _ALIGN) * _ALIGN
+        layout.append([str(dtype).removeprefix("torch."), start, sizes[group]])
+        end = start + sizes[group] * dtype.itemsize
+    data = torch.empty(end, dtype=torch.uint8)
+    for (device, dtype), group in groups.items():
+        start = cast("int", layout[group][1])
+        target = data[start : start + sizes[group] * dtype.itemsize].view(dtype)
+        if device.type == "cpu":
+            torch.cat(parts[group], out=target)  # the one copy
+        else:
+            target.copy_(torch.cat(parts[group]))  # one copy on the device, one transfer
+    text = json.dumps(
+        {"groups": layout, "tree": encoded},
+        ensure_ascii=False,
+        check_circular=False,
+        separators=(",", ":"),
+    )
+    return {"data": data, "json": text, "objects": objects}
 
 
 def unpacked(packed_tree: dict[str, Any]) -> object:
-    """The tree :func:`packed` packed, each tensor its own (contiguous) copy.
+    """The tree :func:`packed` packed (of format version 3, or 2), each tensor its own
+    (contiguous) copy.
 
     Raises:
-        ValueError: ``packed_tree`` is not what :func:`packed` returns, or a mark points
-            outside its flat tensors.
+        ValueError: ``packed_tree`` is not what :func:`packed` returns, or does not fit
+            (a mark points outside its flat tensors, a reference to nothing...).
     """
-    flats: object = packed_tree.get("tensors")
-    if not isinstance(flats, list) or "tree" not in packed_tree:
-        raise ValueError("not a packed state: it needs a 'tensors' list and a 'tree'")
-    tensors = cast("list[object]", flats)
-
-    memo: dict[int, object] = {}
-
-    def walk(value: object) -> object:
-        kind = type(value)
-        if kind is not dict and kind is not OrderedDict and kind is not list and kind is not tuple:
-            return value  # what a load gives: containers of these types, or leaves
-        done = memo.get(id(value))
-        if done is None:
-            done = memo[id(value)] = restored(value)
-        return done
-
-    def restored(value: object) -> object:
-        spec = _mark(value)
-        return _rebuilt(value, walk) if spec is None else _tensor(tensors, spec)
-
-    return walk(packed_tree["tree"])
-
-
-def _mark(value: object) -> object:
-    """The spec of a packed tensor's mark, or ``None`` when ``value`` is not one."""
-    if type(value) is not dict:
-        return None
-    mapping = cast("dict[object, object]", value)
-    return mapping.get(TENSOR_MARK) if len(mapping) == 1 else None
-
-
-def _tensor(flats: list[object], spec: object) -> torch.Tensor:
+    if "json" not in packed_tree:
+        return unpacked_v2(packed_tree)
+    data, text, objects = (packed_tree.get(key) for key in ("data", "json", "objects"))
+    if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
+        raise ValueError("not a packed state: its 'data' is not a 1-d uint8 tensor")
+    if not isinstance(text, str) or not isinstance(objects, list):
+        raise ValueError("not a packed state: its 'json' is not a str or 'objects' not a list")
     try:
-        group, offset, shape = cast("list[Any]", spec)
-        flat = flats[group]
-        if not isinstance(flat, torch.Tensor):
-            raise TypeError(type(flat).__name__)
-        size = torch.Size(shape)
-        if offset < 0 or offset + size.numel() > flat.numel():
-            raise IndexError(offset)
-        return flat[offset : offset + size.numel()].view(size).clone()
-    except (TypeError, ValueError, IndexError) as error:
-        message = f"a packed tensor's mark {spec!r} does not fit the packed state"
-        raise ValueError(message) from error
+        document: object = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"its packed tree is not JSON ({error})") from error
+    try:
+        root = cast("dict[str, Any]", document)
+        flats = [_group(data, spec) for spec in cast("list[object]", root["groups"])]
+        return _Decoder(flats, cast("list[object]", objects)).walk(root["tree"])
+    except (TypeError, IndexError, KeyError, AttributeError, RuntimeError) as error:
+        raise ValueError(f"its packed tree does not fit the packed state ({error!r})") from error
 
 
-def _rebuilt(value: object, walk: Callable[[object], object]) -> object:
-    """``value`` with ``walk`` applied to its items: dicts (plain, or ordered with a state
-    dict's ``_metadata``), lists and tuples of exactly those types; others deep-copied."""
-    kind = type(value)
-    if kind is dict or kind is OrderedDict:
-        mapping = cast("dict[object, object]", value)
-        rebuilt: dict[object, object] = OrderedDict() if kind is OrderedDict else {}
-        for key, item in mapping.items():
-            rebuilt[key] = walk(item)
-        metadata: object = getattr(value, "_metadata", None)
-        if metadata is not None:
-            rebuilt._metadata = copy.deepcopy(metadata)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
-        return rebuilt
-    if kind is list:
-        return [walk(item) for item in cast("list[object]", value)]
-    if kind is tuple:
-        return tuple(walk(item) for item in cast("tuple[object, ...]", value))
-    return copy.deepcopy(value)
+def _group(data: torch.Tensor, spec: object) -> object:
+    """A group's flat tensor: ``[dtype, byte offset, number of elements]`` in ``data``."""
+    name, start, numel = cast("list[Any]", spec)
+    dtype = _dtype(name)
+    stop = start + numel * dtype.itemsize
+    if not 0 <= start <= stop <= data.numel():
+        raise ValueError(f"a packed group {spec!r} does not fit the packed state")
+    return data[start:stop].view(dtype)
+
+
+class _Decoder:
+    """Rebuilds a tree from its JSON form, numbering containers and tensors as
+    :func:`packed` did."""
+
+    __slots__ = ("_decode", "numbered", "objects", "tensors")
+
+    def __init__(self, tensors: list[object], objects: list[object]) -> None:
+        self.tensors = tensors
+        self.objects = objects
+        self.numbered: list[object] = []  # by number; None while one is being built
+        self._decode: dict[str, Callable[[object], object]] = {
+            "t": self._tensor,
+            "ref": self._ref,
+            "obj": lambda index: self.objects[cast("int", index)],
+            "dtype": _dtype,
+            "device": lambda name: torch.device(cast("str", name)),
+            "size": lambda dims: torch.Size(cast("list[int]", dims)),
+            "complex": lambda parts: complex(*cast("list[float]", parts)),
+            "bytes": lambda text: bytes.fromhex(cast("str", text)),
+        }
+
+    def walk(self, value: object) -> object:
+        kind = type(value)
+        if kind is list:
+            number = self._number()
+            return self._built(number, [self.walk(item) for item in cast("list[object]", value)])
+        if kind is not dict:
+            return value
+        mapping = cast("dict[str, object]", value)
+        tag = mapping.get(KIND)
+        if tag is None:
+            number = self._number()
+            return self._built(number, {key: self.walk(item) for key, item in mapping.items()})
+        payload = mapping["v"]
+        if tag == "tuple":
+            number = self._number()
+            items = cast("list[object]", payload)
+            return self._built(number, tuple(self.walk(item) for item in items))
+        if tag == "dict" or tag == "odict":
+            number = self._number()
+            rebuilt: dict[object, object] = {} if tag == "dict" else OrderedDict()
+            for key, item in cast("list[list[object]]", payload):
+                rebuilt[self.walk(key)] = self.walk(item)
+            if "m" in mapping:
+                rebuilt._metadata = self.walk(mapping["m"])  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+            return self._built(number, rebuilt)
+        decode = self._decode.get(cast("str", tag))
+        if decode is None:
+            raise ValueError(f"unknown kind {tag!r}")
+        return decode(payload)
+
+    def _number(self) -> int:
+        self.numbered.append(None)
+        return len(self.numbered) - 1
+
+    def _built(self, number: int, value: object) -> object:
+        self.numbered[number] = value
+        return value
+
+    def _ref(self, number: object) -> object:
+        found = self.numbered[cast("int", number)]
+        if found is None:
+            raise ValueError(f"a reference to {number!r}, which is not built yet")
+        return found
+
+    def _tensor(self, spec: object) -> torch.Tensor:
+        tensor = tensor_at(self.tensors, spec)
+        self.numbered.append(tensor)
+        return tensor
+
+
+def _dtype(name: object) -> torch.dtype:
+    dtype: object = getattr(torch, cast("str", name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{name!r} is not a torch dtype")
+    return dtype

@@ -39,6 +39,7 @@ from ._checkpoint import (
     check_optimizer,
     load_weights,
     read_checkpoint,
+    tensor_of,
     unwrap_model,
 )
 from ._distributed import from_rank_zero
@@ -70,7 +71,7 @@ class PhaseStart:
 
 PHASE_START: Final = StateKey("trainbus.phase_start", PhaseStart)
 """Published by :class:`~trainbus.callbacks.Checkpoint` (by its stand-in on ranks other
-than 0) at the start of every phase."""
+than 0) at the start of every phase in which it may take a checkpoint."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -94,7 +95,7 @@ def portable_rng(state: dict[str, Any]) -> dict[str, Any]:
     portable = dict(state)
     version, words, gauss = state["python"]
     if not isinstance(words, torch.Tensor):  # one object to save, not 625
-        portable["python"] = (version, torch.tensor(words, dtype=torch.int64), gauss)
+        portable["python"] = (version, tensor_of(words, torch.int64), gauss)
     raw = state.get("numpy")
     if raw is not None and "state" in raw:
         numpy: Any = importlib.import_module("numpy")

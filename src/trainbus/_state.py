@@ -117,6 +117,13 @@ class Extras:
             )
         self._values[key] = stored
 
+    def __delitem__(self, key: StateKey[Any]) -> None:
+        _check_key(key)
+        try:
+            del self._values[key]
+        except KeyError:
+            raise KeyError(f"no value was published for {key!r} yet") from None
+
     def __contains__(self, key: StateKey[Any]) -> bool:
         return key in self._values
 

@@ -38,8 +38,9 @@ class CheckpointSchedule(Callback):
     (on one process: the next batch boundary; on many: the next one every rank takes,
     with one all-reduce of the ranks' flags at an epoch's end when ``every_epoch`` is
     off), then given to the handlers it would have reached. It publishes
-    :data:`~trainbus._resume.PHASE_START` at the start of every phase (a mid-phase
-    checkpoint records it).
+    :data:`~trainbus._resume.PHASE_START` at the start of every phase in which it may
+    take a checkpoint (a mid-phase checkpoint records it; taking it costs a tenth of a
+    millisecond or more, so phases without a checkpoint skip it).
 
     Runs last in every event (``order = 1000``), after the Recorder.
     """
@@ -73,11 +74,23 @@ class CheckpointSchedule(Callback):
 
     @override
     def begin_train(self) -> None:
-        self.learn.state.extras[PHASE_START] = phase_start(self.learn.state.dl)
+        every, values = self.every_n_steps, self._fields
+        done, last = values["train_iter"], values["train_iter"] + values["n_iter"]
+        self._publish_phase_start(every is not None and last // every > done // every)
 
     @override
     def begin_validate(self) -> None:
-        self.learn.state.extras[PHASE_START] = phase_start(self.learn.state.dl)
+        self._publish_phase_start(False)
+
+    def _publish_phase_start(self, saves_in_phase: bool) -> None:
+        """Publish the phase's start when a checkpoint may be taken inside the phase (a
+        step falls in it, or a signal may come); else drop the last phase's, so that a
+        checkpoint taken anyway fails rather than records the wrong phase's start."""
+        extras = self.learn.state.extras
+        if saves_in_phase or self.save_on_interrupt:
+            extras[PHASE_START] = phase_start(self.learn.state.dl)
+        elif PHASE_START in extras:
+            del extras[PHASE_START]
 
     @override
     def after_batch(self) -> None:
