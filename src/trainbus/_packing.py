@@ -150,7 +150,7 @@ def packed(tree: object) -> dict[str, Any]:
         offset = sizes[group]
         parts[group].append(tensor.reshape(-1))
         sizes[group] = offset + tensor.numel()
-        return {KIND: "t", "v": [group, offset, list(tensor.shape)]}
+        return {KIND: "t", "v": [group, offset, tensor.shape]}  # a tuple: JSON writes a list
 
     def leaf(value: object, kind: type) -> object:
         if kind is torch.dtype:
