@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import torch
@@ -82,9 +82,9 @@ def _tagged(kind: str, payload: object) -> dict[str, object]:
 
 
 def packed(tree: object) -> dict[str, Any]:
-    """A copy of ``tree`` (dicts, lists, tuples, tensors, numbers, strings...): its plain
-    tensors packed into one flat CPU tensor per dtype, the rest encoded as JSON; see
-    :func:`unpacked`.
+    """A copy of ``tree`` (dicts, lists, tuples, tensors, numbers, strings...): the bytes
+    of its plain tensors in one CPU tensor (a run per dtype), the rest encoded as JSON;
+    see :func:`unpacked`.
 
     ``dict`` s and ``OrderedDict`` s (with a state dict's ``_metadata``), ``list`` s,
     ``tuple`` s and the leaves JSON holds are encoded; other objects are deep-copied and
@@ -220,7 +220,7 @@ def unpacked(packed_tree: dict[str, Any]) -> object:
         raise ValueError(f"its packed tree does not fit the packed state ({error!r})") from error
 
 
-def _group(data: torch.Tensor, spec: object) -> object:
+def _group(data: torch.Tensor, spec: object) -> torch.Tensor:
     """A group's flat tensor: ``[dtype, byte offset, number of elements]`` in ``data``."""
     name, start, numel = cast("list[Any]", spec)
     dtype = _dtype(name)
@@ -236,7 +236,7 @@ class _Decoder:
 
     __slots__ = ("_decode", "numbered", "objects", "tensors")
 
-    def __init__(self, tensors: list[object], objects: list[object]) -> None:
+    def __init__(self, tensors: Sequence[object], objects: list[object]) -> None:
         self.tensors = tensors
         self.objects = objects
         self.numbered: list[object] = []  # by number; None while one is being built

@@ -9,6 +9,7 @@ and a state dict's ``_metadata`` is kept on its ``OrderedDict``. Version 3 (see
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Final, cast
 
 import torch
@@ -62,7 +63,7 @@ def unpacked_v2(packed_tree: dict[str, Any]) -> object:
     return walk(packed_tree["tree"])
 
 
-def tensor_at(flats: list[object], spec: object) -> torch.Tensor:
+def tensor_at(flats: Sequence[object], spec: object) -> torch.Tensor:
     """The tensor a mark's spec ``[group, offset, shape]`` names in the flat tensors.
 
     Raises:
